@@ -1,0 +1,95 @@
+"""The runner interface: start one rendered step, report its outcome, cancel it.
+
+A runner knows nothing of dependencies, failure modes or limits: the scheduler
+owns every rule. ``StepSpec`` and ``StepOutcome`` are JSON-safe so the same
+objects travel to Celery workers and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+StepKind = Literal["shell", "plugin"]
+
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+
+
+@dataclass
+class StepSpec:
+    """A step ready to run: templates rendered, params quoted into ``command``.
+
+    ``kind == "shell"``: ``command`` runs through ``/bin/sh -c``.
+    ``kind == "plugin"``: ``command`` is the devctl command name, ``params`` its arguments.
+    """
+
+    run_id: str
+    name: str
+    command: str
+    kind: StepKind = "shell"
+    params: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    queue: str | None = None
+    attempt: int = 1
+    cwd: str | None = None
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+
+    @property
+    def task_id(self) -> str:
+        """Deterministic id of this attempt (also the Celery task id)."""
+        return f"{self.run_id}:{self.name}:{self.attempt}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepSpec:
+        return cls(**data)
+
+
+@dataclass
+class StepOutcome:
+    """What one attempt did. ``exit_code`` is negative when a signal killed it."""
+
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    error: str | None = None
+    worker: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepOutcome:
+        return cls(**data)
+
+
+class StepRunner(Protocol):
+    """Runs steps somewhere. Implementations: ``LocalRunner``, ``CeleryRunner``.
+
+    ``run`` must honour asyncio cancellation: when the awaiting task is
+    cancelled, the step's whole process tree is killed (or its remote task
+    revoked with terminate) before ``CancelledError`` propagates.
+    ``run`` enforces ``spec.timeout`` itself and reports it as ``timed_out``.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Acquire resources (connections); raise a ``DevctlError`` if impossible."""
+
+    async def run(self, spec: StepSpec) -> StepOutcome:
+        """Run one attempt to completion and return what happened."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources; never raises."""
