@@ -1,0 +1,76 @@
+"""Whole-workflow checks that the schema alone cannot express.
+
+Names must be unique across the whole file (``results['x']`` and
+``depends_on`` refer to them), every dependency must exist, the graph must be
+acyclic, and devctl commands should name installed plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from devctl_dist.core.exceptions import DuplicateStepError
+from devctl_dist.runners.commands import available_commands, split_command
+from devctl_dist.workflows.graph import DependencyGraph
+from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
+
+
+def normalize(workflow: WorkflowSchema) -> WorkflowSchema:
+    """A copy in which every parallel block has a unique name (``parallel-1``, ...)."""
+    copy = workflow.model_copy(deep=True)
+    counter = 0
+    for step in iter_steps(copy, hooks=True):
+        if step.parallel is not None and not step.name and not step.parallel.name:
+            counter += 1
+            step.name = f"parallel-{counter}"
+    return copy
+
+
+def iter_steps(workflow: WorkflowSchema, *, hooks: bool = False, hooks_only: bool = False) -> Iterator[
+        WorkflowStepSchema]:
+    """Every step and block wrapper, depth first, in declaration order."""
+    lists: list[Sequence[WorkflowStepSchema]] = [] if hooks_only else [workflow.steps]
+    if hooks or hooks_only:
+        lists += [workflow.on_success, workflow.on_failure]
+    for steps in lists:
+        yield from _walk(steps)
+
+
+def _walk(steps: Sequence[WorkflowStepSchema]) -> Iterator[WorkflowStepSchema]:
+    for step in steps:
+        yield step
+        if step.parallel is not None:
+            yield from _walk(step.parallel.steps)
+
+
+def validate_workflow(workflow: WorkflowSchema) -> list[str]:
+    """Raise on structural errors; return warnings (unknown devctl commands)."""
+    seen: set[str] = set()
+    for step in iter_steps(workflow, hooks=True):
+        name = step.display_name
+        if name in seen:
+            raise DuplicateStepError(name)
+        seen.add(name)
+    DependencyGraph(workflow.steps).validate()
+    for step in iter_steps(workflow, hooks=True):
+        if step.parallel is not None:
+            DependencyGraph(step.parallel.steps).validate()
+    for hooks in (workflow.on_success, workflow.on_failure):
+        DependencyGraph(hooks).validate()
+    return _command_warnings(workflow)
+
+
+def _command_warnings(workflow: WorkflowSchema) -> list[str]:
+    installed = available_commands()
+    warnings = []
+    for step in iter_steps(workflow, hooks=True):
+        command = step.command
+        if command is None or command.startswith("!") or "{" in command:
+            continue
+        plugin, _ = split_command(command)
+        if plugin not in installed:
+            warnings.append(
+                f"step '{step.display_name}': unknown devctl command '{command}' "
+                "(no plugin in entry-point group devctl.commands; use '!' for a shell command)"
+            )
+    return warnings
