@@ -83,7 +83,9 @@ class CommandNotFoundError(DevctlError):
 
     def __init__(self, command: str) -> None:
         self.command = command
-        super().__init__(f"unknown devctl command '{command}' (no plugin in entry-point group devctl.commands)")
+        super().__init__(
+            f"unknown devctl command '{command}' (no plugin in entry-point group devctl.commands)"
+        )
 
 
 class ParallelExecutionError(DevctlError):

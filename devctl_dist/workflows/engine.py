@@ -96,12 +96,21 @@ class WorkflowEngine:
         renderer = TemplateRenderer(self.variables, {**os.environ, **self.workflow.env})
         env = {k: renderer.render(v, step="env") if "{" in v else v for k, v in self.workflow.env.items()}
         limiter = RateLimiter(self.config.rate_limit) if self.config.rate_limit else None
-        self.state = RunState(self.run_id, runner, renderer, events, env,
-                              asyncio.Semaphore(self.config.max_concurrent), limiter, cwd=self.cwd)
+        self.state = RunState(
+            self.run_id,
+            runner,
+            renderer,
+            events,
+            env,
+            asyncio.Semaphore(self.config.max_concurrent),
+            limiter,
+            cwd=self.cwd,
+        )
         self.executor = ParallelExecutor(self, self.config)
         result = RunResult(self.workflow.name, self.run_id, False, started_at=time.time(), mode=self.mode)
-        events.run_started(self.workflow.name, self.run_id, self.mode, [s.display_name for s in iter_steps(
-            self.workflow)])
+        events.run_started(
+            self.workflow.name, self.run_id, self.mode, [s.display_name for s in iter_steps(self.workflow)]
+        )
         await runner.start()
         try:
             result.success = await self._run_main()
@@ -131,8 +140,10 @@ class WorkflowEngine:
             else:
                 self.state.results.setdefault(result.name, result)
             if not self.state.is_benign(result):
-                for later in steps[index + 1:]:
-                    self.state.finish(skipped(later.display_name, f"'{step.display_name}' {result.status.value}"))
+                for later in steps[index + 1 :]:
+                    self.state.finish(
+                        skipped(later.display_name, f"'{step.display_name}' {result.status.value}")
+                    )
                 return False
         return True
 

@@ -25,7 +25,7 @@ from devctl_dist.core.exceptions import DevctlError
 from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.results import ParallelBlockResult, StepResult, StepStatus
 from devctl_dist.workflows.schema import ParallelBlockSchema, ParallelConfigSchema, WorkflowStepSchema
-from devctl_dist.workflows.step_executor import RunState, StepExecutor, skipped
+from devctl_dist.workflows.step_executor import OPEN, Admission, RunState, StepExecutor, skipped
 
 if TYPE_CHECKING:
     from devctl_dist.workflows.engine import WorkflowEngine
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FailurePolicy = Literal["fail_all", "continue", "complete_running"]
+_FAILURES = (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED)
 
 
 @dataclass
@@ -44,9 +45,10 @@ class Group:
     deps: Mapping[str, Collection[str]]
     policy: FailurePolicy
     timeout: float | None = None
-    caps: tuple[asyncio.Semaphore, ...] = ()
+    admission: Admission = OPEN
     base_allowed: frozenset[str] | None = None
     dag: bool = False
+    cap: asyncio.Semaphore | None = None
 
 
 class Ancestry(Collection[str]):
@@ -98,20 +100,30 @@ class ParallelExecutor:
         *,
         name: str | None = None,
         allowed: frozenset[str] | None = None,
-        caps: tuple[asyncio.Semaphore, ...] = (),
+        admission: Admission = OPEN,
     ) -> ParallelBlockResult:
         """Run a block's steps concurrently under its cap, timeout and failure mode."""
         label = name or block.name or "parallel block"
         nodes = {step.display_name: step for step in block.steps}
-        if block.max_concurrent is not None:
-            caps = (*caps, asyncio.Semaphore(block.max_concurrent))
-        group = Group(label, nodes, {n: s.depends_on for n, s in nodes.items()}, block.on_failure,
-                      block.timeout, caps, allowed, dag=allowed is not None)
+        cap = None if block.max_concurrent is None else asyncio.Semaphore(block.max_concurrent)
+        group = Group(
+            label,
+            nodes,
+            {n: s.depends_on for n, s in nodes.items()},
+            block.on_failure,
+            block.timeout,
+            admission,
+            allowed,
+            dag=allowed is not None,
+            cap=cap,
+        )
         self.block_names.add(label)
         self.state.events.block_started(label, list(nodes))
         started = time.time()
         outcome, timed_out = await self._run_group(group)
-        result = _block_result(self.state, label, [outcome[n] for n in nodes], timed_out, time.time() - started)
+        result = _block_result(
+            self.state, label, [outcome[n] for n in nodes], timed_out, time.time() - started
+        )
         self.blocks.append(result)
         self.state.events.block_finished(result)
         return result
@@ -129,8 +141,12 @@ class ParallelExecutor:
         return outcome
 
     async def execute_node(
-        self, step: WorkflowStepSchema, *, block: str | None, allowed: Collection[str] | None,
-        caps: tuple[asyncio.Semaphore, ...] = (),
+        self,
+        step: WorkflowStepSchema,
+        *,
+        block: str | None,
+        allowed: Collection[str] | None,
+        admission: Admission = OPEN,
     ) -> StepResult:
         """One node of a sequence, block or DAG: a command step or a nested block.
 
@@ -139,34 +155,54 @@ class ParallelExecutor:
         """
         try:
             if step.parallel is None:
-                return await self.steps.execute(step, block=block, allowed=allowed, caps=caps)
-            return await self._execute_block_node(step, block=block, allowed=allowed, caps=caps)
+                return await self.steps.execute(step, block=block, allowed=allowed, admission=admission)
+            return await self._execute_block_node(step, block=block, allowed=allowed, admission=admission)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a runner or broker fault must not orphan the other steps
             log.exception("step %s failed inside devctl", step.display_name)
-            return StepResult(name=step.display_name, success=False, status=StepStatus.FAILED, block=block,
-                              error=f"{type(error).__name__}: {error}")
+            return StepResult(
+                name=step.display_name,
+                success=False,
+                status=StepStatus.FAILED,
+                block=block,
+                error=f"{type(error).__name__}: {error}",
+            )
 
     async def _execute_block_node(
-        self, step: WorkflowStepSchema, *, block: str | None, allowed: Collection[str] | None,
-        caps: tuple[asyncio.Semaphore, ...],
+        self,
+        step: WorkflowStepSchema,
+        *,
+        block: str | None,
+        allowed: Collection[str] | None,
+        admission: Admission,
     ) -> StepResult:
         assert step.parallel is not None
         name = step.display_name
         if step.condition is not None:
             try:
-                go = self.state.renderer.judge(step.condition, step=name, results=self.state.results,
-                                               allowed=allowed)
+                go = self.state.renderer.judge(
+                    step.condition, step=name, results=self.state.results, allowed=allowed
+                )
             except DevctlError as error:
-                return StepResult(name=name, success=False, status=StepStatus.FAILED, block=block, error=str(error))
+                return StepResult(
+                    name=name, success=False, status=StepStatus.FAILED, block=block, error=str(error)
+                )
             if not go:
                 self.state.benign_skips.add(name)
                 return skipped(name, f"condition is false: {step.condition}", block)
         frozen = None if allowed is None else frozenset(allowed)
-        result = await self.execute_parallel_block(step.parallel, name=name, allowed=frozen, caps=caps)
-        return StepResult(name=name, success=result.success, status=result.status, duration=result.duration,
-                          block=block, error=None if result.success else f"block '{name}' {result.status.value}")
+        result = await self.execute_parallel_block(
+            step.parallel, name=name, allowed=frozen, admission=admission
+        )
+        return StepResult(
+            name=name,
+            success=result.success,
+            status=result.status,
+            duration=result.duration,
+            block=block,
+            error=None if result.success else f"block '{name}' {result.status.value}",
+        )
 
     async def _run_group(self, group: Group) -> tuple[dict[str, StepResult], bool]:
         run = _GroupRun(self, group)
@@ -194,6 +230,16 @@ class _GroupRun:
         self.tasks: dict[asyncio.Task[StepResult], str] = {}
         self.outcome: dict[str, StepResult] = {}
         self.stop_reason: str | None = None
+        self._stopping = False
+        self.admission = group.admission.nested(group.cap, self._gate, self._note_result)
+
+    def _gate(self) -> str | None:
+        return None if self.stop_reason is None else f"not started: {self.stop_reason}"
+
+    def _note_result(self, result: StepResult) -> None:
+        """Stop new starts the moment a step fails, before its slot frees (see ``Admission``)."""
+        if self.stop_reason is None and self.group.policy != "continue" and result.status in _FAILURES:
+            self.stop_reason = f"'{result.name}' {result.status.value}"
 
     async def drive(self) -> tuple[dict[str, StepResult], bool]:
         loop = asyncio.get_running_loop()
@@ -211,16 +257,18 @@ class _GroupRun:
                 self.skip_rest(reason)
                 return self.outcome, True
             for task in sorted(done, key=lambda t: self.index[self.tasks[t]]):
-                await self._settle(self.tasks.pop(task), task.result())
-        self.skip_rest(self.stop_reason or "not reached")
+                if task in self.tasks:  # an earlier settle may have cancelled and recorded it
+                    await self._settle(self.tasks.pop(task), task.result())
+        self.skip_rest(self._gate() or "not reached")
         return self.outcome, False
 
     def _start_ready(self) -> None:
         self.ready.sort(key=self.index.__getitem__)
         for name in self.ready:
             step = self.group.nodes[name]
-            coro = self.executor.execute_node(step, block=self.group.label, allowed=self._allowed(name),
-                                              caps=self.group.caps)
+            coro = self.executor.execute_node(
+                step, block=self.group.label, allowed=self._allowed(name), admission=self.admission
+            )
             self.tasks[asyncio.ensure_future(coro)] = name
         self.ready.clear()
 
@@ -239,9 +287,10 @@ class _GroupRun:
             return
         verb = "was skipped" if result.status is StepStatus.SKIPPED else result.status.value
         self._skip_dependents(name, f"dependency '{name}' {verb}", benign=name in self.state.benign_skips)
-        if result.status is StepStatus.SKIPPED or self.group.policy == "continue" or self.stop_reason:
+        if result.status not in _FAILURES or self.group.policy == "continue" or self._stopping:
             return
-        self.stop_reason = f"'{name}' {result.status.value}"
+        self._stopping = True
+        self.stop_reason = self.stop_reason or f"'{name}' {result.status.value}"
         if self.group.policy == "fail_all":
             await self.cancel_all(StepStatus.CANCELLED, f"cancelled: {self.stop_reason}")
         else:

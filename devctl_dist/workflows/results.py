@@ -7,11 +7,11 @@ cross the Celery boundary as JSON.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """Final (and transient) states of a step."""
 
     PENDING = "pending"

@@ -125,7 +125,10 @@ class WorkflowSchema(StrictModel):
 def _stringify_env(value: Any) -> Any:
     """YAML turns ``PORT: 8080`` into an int; environment values are strings."""
     if isinstance(value, dict):
-        return {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+        return {
+            k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in value.items()
+        }
     return value
 
 

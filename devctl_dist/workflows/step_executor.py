@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +57,39 @@ class RunState:
         return self.results[result.name]
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What a step must pass to start, and whom it tells of its end while it still holds its slot.
+
+    Telling the group before the slot is released closes a race: otherwise a
+    queued sibling could grab the freed slot and start after a failure that
+    should have stopped it.
+    """
+
+    caps: tuple[asyncio.Semaphore, ...] = ()
+    gates: tuple[Callable[[], str | None], ...] = ()
+    on_done: Callable[[StepResult], None] | None = None
+
+    def stop_reason(self) -> str | None:
+        for gate in self.gates:
+            reason = gate()
+            if reason:
+                return reason
+        return None
+
+    def nested(
+        self,
+        cap: asyncio.Semaphore | None,
+        gate: Callable[[], str | None],
+        on_done: Callable[[StepResult], None],
+    ) -> Admission:
+        caps = self.caps if cap is None else (*self.caps, cap)
+        return Admission(caps, (*self.gates, gate), on_done)
+
+
+OPEN = Admission()
+
+
 def skipped(name: str, reason: str, block: str | None = None) -> StepResult:
     return StepResult(
         name=name, success=False, skipped=True, status=StepStatus.SKIPPED, skip_reason=reason, block=block
@@ -75,7 +108,7 @@ class StepExecutor:
         *,
         block: str | None,
         allowed: Collection[str] | None,
-        caps: Sequence[asyncio.Semaphore] = (),
+        admission: Admission = OPEN,
     ) -> StepResult:
         """Run ``step`` to a final result. Cancellation propagates; ``state.live`` tells how far it got."""
         name = step.display_name
@@ -89,11 +122,18 @@ class StepExecutor:
         except DevctlError as error:
             return self._failed_before_start(step, block, str(error))
         async with AsyncExitStack() as stack:
-            for cap in (*caps, self.state.slots):
+            for cap in (*admission.caps, self.state.slots):
                 await stack.enter_async_context(cap)
-            if self.state.limiter is not None:
+            reason = admission.stop_reason()
+            if reason is None and self.state.limiter is not None:
                 await self.state.limiter.acquire()
-            return await self._attempts(step, spec, block)
+                reason = admission.stop_reason()
+            if reason is not None:
+                return skipped(name, reason, block)
+            result = await self._attempts(step, spec, block)
+            if admission.on_done is not None:
+                admission.on_done(result)
+            return result
 
     def _prepare(self, step: WorkflowStepSchema, allowed: Collection[str] | None) -> StepSpec:
         name = step.display_name

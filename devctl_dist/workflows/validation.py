@@ -26,8 +26,9 @@ def normalize(workflow: WorkflowSchema) -> WorkflowSchema:
     return copy
 
 
-def iter_steps(workflow: WorkflowSchema, *, hooks: bool = False, hooks_only: bool = False) -> Iterator[
-        WorkflowStepSchema]:
+def iter_steps(
+    workflow: WorkflowSchema, *, hooks: bool = False, hooks_only: bool = False
+) -> Iterator[WorkflowStepSchema]:
     """Every step and block wrapper, depth first, in declaration order."""
     lists: list[Sequence[WorkflowStepSchema]] = [] if hooks_only else [workflow.steps]
     if hooks or hooks_only:

@@ -103,8 +103,9 @@ def run_text(
     source = tmp_path / "workflow.yaml"
     source.write_text(text)
     workflow = load_workflow_text(text, str(source))
-    engine = WorkflowEngine(workflow, runner=runner, listeners=listeners, cwd=os.fspath(tmp_path),
-                            **engine_kwargs)  # type: ignore[arg-type]
+    engine = WorkflowEngine(
+        workflow, runner=runner, listeners=listeners, cwd=os.fspath(tmp_path), **engine_kwargs
+    )  # type: ignore[arg-type]
     return asyncio.run(engine.run_async())
 
 

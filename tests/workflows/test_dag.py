@@ -73,8 +73,12 @@ def test_results_flow_to_dependents(make_runner: Factory, tmp_path: Path) -> Non
     data = {
         "steps": [
             {"name": "version", "command": "!echo 1.2.3"},
-            {"name": "tag", "command": "!echo v{{ results['version'].stdout }}-{{ results['version'].exit_code }} > "
-             + str(out), "depends_on": ["version"]},
+            {
+                "name": "tag",
+                "command": "!echo v{{ results['version'].stdout }}-{{ results['version'].exit_code }} > "
+                + str(out),
+                "depends_on": ["version"],
+            },
         ]
     }
     result = run_workflow(data, make_runner(), tmp_path)

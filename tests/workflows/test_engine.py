@@ -23,8 +23,12 @@ def test_sequential_steps_run_in_order(make_runner: Factory, tmp_path: Path) -> 
 
 def test_failure_stops_the_sequence(make_runner: Factory, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    data = {"steps": [{"name": "bad", "command": step(log, "bad", exit_code=5)},
-                      {"name": "next", "command": step(log, "next")}]}
+    data = {
+        "steps": [
+            {"name": "bad", "command": step(log, "bad", exit_code=5)},
+            {"name": "next", "command": step(log, "next")},
+        ]
+    }
     result = run_workflow(data, make_runner(), tmp_path)
     assert not result.success
     assert result.steps["bad"].exit_code == 5
@@ -34,11 +38,13 @@ def test_failure_stops_the_sequence(make_runner: Factory, tmp_path: Path) -> Non
 
 def test_on_failure_continue_and_skip_go_on(make_runner: Factory, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    data = {"steps": [
-        {"name": "a", "command": step(log, "a", exit_code=1), "on_failure": "continue"},
-        {"name": "b", "command": step(log, "b", exit_code=1), "on_failure": "skip"},
-        {"name": "c", "command": step(log, "c")},
-    ]}
+    data = {
+        "steps": [
+            {"name": "a", "command": step(log, "a", exit_code=1), "on_failure": "continue"},
+            {"name": "b", "command": step(log, "b", exit_code=1), "on_failure": "skip"},
+            {"name": "c", "command": step(log, "c")},
+        ]
+    }
     result = run_workflow(data, make_runner(), tmp_path)
     assert result.success
     assert result.steps["a"].status is StepStatus.FAILED_ALLOWED
@@ -55,9 +61,17 @@ def test_original_devctl_workflow_features(make_runner: Factory, tmp_path: Path)
         "vars": {"who": "world", "greeting": "hello"},
         "env": {"TARGET": "{{ who }}"},
         "steps": [
-            {"name": "hello", "command": "!echo {{ greeting }} $TARGET | tr a-z A-Z && echo done || echo never"},
-            {"name": "use", "command": f"!echo '{{{{ results[\"hello\"].stdout | replace(\"\\n\", \" \") }}}}' > {out}",
-             "condition": "{{ results['hello'].exit_code == 0 }}", "timeout": 10, "retries": 0},
+            {
+                "name": "hello",
+                "command": "!echo {{ greeting }} $TARGET | tr a-z A-Z && echo done || echo never",
+            },
+            {
+                "name": "use",
+                "command": f'!echo \'{{{{ results["hello"].stdout | replace("\\n", " ") }}}}\' > {out}',
+                "condition": "{{ results['hello'].exit_code == 0 }}",
+                "timeout": 10,
+                "retries": 0,
+            },
             {"name": "params", "command": f"!printf '%s|' >> {out}", "params": {"msg": "it's; rm -rf /"}},
         ],
     }
@@ -78,7 +92,10 @@ def test_undefined_variable_is_a_clear_step_error(make_runner: Factory, tmp_path
 
 def test_cli_vars_override_workflow_vars(make_runner: Factory, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    data = {"vars": {"env": "dev"}, "steps": [{"name": "s", "command": f"!echo {{{{ env | quote }}}} > {out}"}]}
+    data = {
+        "vars": {"env": "dev"},
+        "steps": [{"name": "s", "command": f"!echo {{{{ env | quote }}}} > {out}"}],
+    }
     result = run_workflow(data, make_runner(), tmp_path, variables={"env": "prod"})
     assert result.success
     assert out.read_text() == "prod\n"
@@ -86,9 +103,11 @@ def test_cli_vars_override_workflow_vars(make_runner: Factory, tmp_path: Path) -
 
 def test_hooks_run_after_success_or_failure(make_runner: Factory, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    data = {"steps": [{"name": "main", "command": step(log, "main", exit_code=1)}],
-            "on_success": [{"name": "yay", "command": step(log, "yay")}],
-            "on_failure": [{"name": "cleanup", "command": step(log, "cleanup")}]}
+    data = {
+        "steps": [{"name": "main", "command": step(log, "main", exit_code=1)}],
+        "on_success": [{"name": "yay", "command": step(log, "yay")}],
+        "on_failure": [{"name": "cleanup", "command": step(log, "cleanup")}],
+    }
     result = run_workflow(data, make_runner(), tmp_path)
     assert not result.success
     assert set(spans(log)) == {"main", "cleanup"}

@@ -66,7 +66,9 @@ def test_continue_runs_everything_then_fails(make_runner: Factory, tmp_path: Pat
     assert result.blocks[0].failed_count == 1
 
 
-def test_complete_running_lets_running_finish_and_starts_nothing(make_runner: Factory, tmp_path: Path) -> None:
+def test_complete_running_lets_running_finish_and_starts_nothing(
+    make_runner: Factory, tmp_path: Path
+) -> None:
     log = tmp_path / "log"
     steps = [
         {"name": "slow", "command": step(log, "slow", sleep=1.5)},
@@ -156,8 +158,11 @@ def test_retries_rerun_failed_attempts(make_runner: Factory, tmp_path: Path) -> 
 
 def test_retries_exhausted_fail(make_runner: Factory, tmp_path: Path) -> None:
     counter = tmp_path / "count"
-    data = {"steps": [{"name": "bad", "command": f"!echo x >> {counter}; exit 4", "retries": 1,
-                       "retry_delay": 0.05}]}
+    data = {
+        "steps": [
+            {"name": "bad", "command": f"!echo x >> {counter}; exit 4", "retries": 1, "retry_delay": 0.05}
+        ]
+    }
     result = run_workflow(data, make_runner(), tmp_path)
     assert result.steps["bad"].status is StepStatus.FAILED
     assert result.steps["bad"].attempts == 2
