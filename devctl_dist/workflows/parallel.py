@@ -228,6 +228,8 @@ class _GroupRun:
                     self.dependents[dep].append(name)
         self.ready = [name for name in group.nodes if self.waiting[name] == 0]
         self.tasks: dict[asyncio.Task[StepResult], str] = {}
+        self.finished: list[asyncio.Task[StepResult]] = []
+        self.wakeup = asyncio.Event()
         self.outcome: dict[str, StepResult] = {}
         self.stop_reason: str | None = None
         self._stopping = False
@@ -250,7 +252,7 @@ class _GroupRun:
             if not self.tasks:
                 break
             wait = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait(self.tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            done = await self._next_done(wait)
             if not done:
                 reason = f"block timed out after {self.group.timeout:g}s"
                 await self.cancel_all(StepStatus.TIMED_OUT, reason)
@@ -262,6 +264,21 @@ class _GroupRun:
         self.skip_rest(self._gate() or "not reached")
         return self.outcome, False
 
+    async def _next_done(self, timeout: float | None) -> list[asyncio.Task[StepResult]]:
+        """Tasks finished since last asked; O(1) per completion, unlike ``asyncio.wait`` over all tasks."""
+        if not self.finished:
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout)
+            except TimeoutError:
+                return []
+        self.wakeup.clear()
+        done, self.finished = self.finished, []
+        return done
+
+    def _on_task_done(self, task: asyncio.Task[StepResult]) -> None:
+        self.finished.append(task)
+        self.wakeup.set()
+
     def _start_ready(self) -> None:
         self.ready.sort(key=self.index.__getitem__)
         for name in self.ready:
@@ -269,7 +286,9 @@ class _GroupRun:
             coro = self.executor.execute_node(
                 step, block=self.group.label, allowed=self._allowed(name), admission=self.admission
             )
-            self.tasks[asyncio.ensure_future(coro)] = name
+            task = asyncio.ensure_future(coro)
+            task.add_done_callback(self._on_task_done)
+            self.tasks[task] = name
         self.ready.clear()
 
     def _allowed(self, name: str) -> Collection[str] | None:

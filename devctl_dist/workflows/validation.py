@@ -16,7 +16,12 @@ from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
 
 
 def normalize(workflow: WorkflowSchema) -> WorkflowSchema:
-    """A copy in which every parallel block has a unique name (``parallel-1``, ...)."""
+    """The workflow, or a copy in which every parallel block has a unique name (``parallel-1``, ...)."""
+    if not any(
+        s.parallel is not None and not s.name and not s.parallel.name
+        for s in iter_steps(workflow, hooks=True)
+    ):
+        return workflow
     copy = workflow.model_copy(deep=True)
     counter = 0
     for step in iter_steps(copy, hooks=True):
