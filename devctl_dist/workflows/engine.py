@@ -108,9 +108,8 @@ class WorkflowEngine:
         )
         self.executor = ParallelExecutor(self, self.config)
         result = RunResult(self.workflow.name, self.run_id, False, started_at=time.time(), mode=self.mode)
-        events.run_started(
-            self.workflow.name, self.run_id, self.mode, [s.display_name for s in iter_steps(self.workflow)]
-        )
+        names = [s.display_name for s in iter_steps(self.workflow) if not s.is_block]
+        events.run_started(self.workflow.name, self.run_id, self.mode, names)
         await runner.start()
         try:
             result.success = await self._run_main()
