@@ -64,6 +64,12 @@ class WorkflowStepSchema(StrictModel):
     def _env_to_str(cls, value: Any) -> Any:
         return _stringify_env(value)
 
+    @field_validator("condition", mode="before")
+    @classmethod
+    def _bool_condition(cls, value: Any) -> Any:
+        """``condition: false`` in YAML is a bool; keep it meaning what it says."""
+        return str(value).lower() if isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _command_xor_parallel(self) -> WorkflowStepSchema:
         if (self.command is None) == (self.parallel is None):

@@ -1,0 +1,220 @@
+"""The dependency graph of a DAG workflow.
+
+Pure on purpose (no I/O, no asyncio, no pydantic): the scheduler, ``--dry-run``
+and ``devctl graph`` all plan from it, and it must stay fast on huge graphs.
+Everything is linear in steps plus edges. Cycle detection and ordering come from
+the standard library's ``graphlib.TopologicalSorter``, except when the steps are
+declared dependencies-first: that order is already topological, so one pass
+plans it (see ``bench/bench_graph.py`` for both paths).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from graphlib import CycleError, TopologicalSorter
+from typing import NamedTuple, Protocol
+
+from devctl_dist.core.exceptions import DependencyCycleError, DuplicateStepError, MissingDependencyError
+
+
+class GraphNode(Protocol):
+    """Anything with a name and the names it depends on (a step schema, a test stub)."""
+
+    @property
+    def display_name(self) -> str: ...
+
+    @property
+    def depends_on(self) -> Sequence[str]: ...
+
+
+class SimpleNode(NamedTuple):
+    """A bare node, for graphs built from a plain mapping (tests, benches)."""
+
+    display_name: str
+    depends_on: Sequence[str] = ()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building 100k-node structures triggers full GC passes that cost more than the work."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class DependencyGraph:
+    """Steps, their dependencies and their dependents, in declaration order.
+
+    Treat a graph as immutable once built: the plan is computed once and cached.
+    """
+
+    def __init__(self, steps: Iterable[GraphNode]) -> None:
+        self.steps: dict[str, GraphNode] = {}
+        with _gc_paused():
+            for node in steps:
+                name = node.display_name
+                if name in self.steps:
+                    raise DuplicateStepError(name)
+                self.steps[name] = node
+        self._layers: list[list[str]] | None = None
+
+    @classmethod
+    def from_mapping(cls, deps: Mapping[str, Iterable[str]]) -> DependencyGraph:
+        """Build a graph from ``{step: [dependencies]}``; key order is declaration order."""
+        with _gc_paused():
+            nodes = [SimpleNode(name, tuple(names)) for name, names in deps.items()]
+        return cls(nodes)
+
+    @cached_property
+    def dependencies(self) -> dict[str, set[str]]:
+        """Direct dependencies of each step (names as written, even unknown ones)."""
+        with _gc_paused():
+            return {name: set(node.depends_on) for name, node in self.steps.items()}
+
+    @cached_property
+    def dependents(self) -> dict[str, set[str]]:
+        """Steps that directly depend on each step (what a finished step may unlock)."""
+        with _gc_paused():
+            users: dict[str, set[str]] = {name: set() for name in self.steps}
+            for name, node in self.steps.items():
+                for dep in node.depends_on:
+                    if dep in users:
+                        users[dep].add(name)
+            return users
+
+    @cached_property
+    def _position(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.steps)}
+
+    def order(self) -> list[str]:
+        """Step names in declaration order."""
+        return list(self.steps)
+
+    def validate(self) -> None:
+        """Raise ``MissingDependencyError`` or ``DependencyCycleError`` if this is not a DAG."""
+        self._plan()
+
+    def topological_sort(self) -> list[list[str]]:
+        """Execution layers: each step sits one layer after its latest dependency."""
+        return [list(layer) for layer in self._plan()]
+
+    def prepared_sorter(self) -> TopologicalSorter[str]:
+        """A fresh, validated, prepared sorter for a scheduler to drive with get_ready()/done()."""
+        self._check_missing()
+        with _gc_paused():
+            sorter: TopologicalSorter[str] = TopologicalSorter()
+            for name, node in self.steps.items():
+                sorter.add(name, *node.depends_on)
+            try:
+                sorter.prepare()
+            except CycleError as error:
+                raise DependencyCycleError(self._normalise_cycle(error.args[1])) from None
+        return sorter
+
+    def get_ready_steps(self, completed: set[str]) -> list[str]:
+        """Steps not in ``completed`` whose dependencies all are, in declaration order."""
+        return [
+            name
+            for name, deps in self.dependencies.items()
+            if name not in completed and deps.issubset(completed)
+        ]
+
+    def get_root_steps(self) -> list[str]:
+        """Steps that depend on nothing, in declaration order."""
+        return [name for name, node in self.steps.items() if not node.depends_on]
+
+    def has_dependencies(self, name: str) -> bool:
+        return bool(self.steps[name].depends_on)
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every step ``name`` depends on, directly or transitively."""
+        steps = self.steps
+        seen: set[str] = set()
+        stack = list(steps[name].depends_on)
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            node = steps.get(current)
+            if node is not None:
+                stack.extend(node.depends_on)
+        return seen
+
+    def _plan(self) -> list[list[str]]:
+        """Validate and layer once; cached because validate() and topological_sort() both need it."""
+        if self._layers is None:
+            self._check_missing()
+            with _gc_paused():
+                layers = self._layers_if_declared_in_order()
+            self._layers = layers if layers is not None else self._layers_from_sorter()
+        return self._layers
+
+    def _layers_if_declared_in_order(self) -> list[list[str]] | None:
+        """One pass when every step comes after its dependencies (the usual way YAML is written).
+
+        Such an order is itself a topological order, which proves there is no cycle,
+        and a step's layer is one past its deepest dependency's. ``None`` on a
+        forward (or self) reference: then graphlib decides.
+        """
+        depth: dict[str, int] = {}
+        layers: list[list[str]] = []
+        for name, node in self.steps.items():
+            level = 0
+            for dep in node.depends_on:
+                dep_level = depth.get(dep)
+                if dep_level is None:
+                    return None
+                if dep_level >= level:
+                    level = dep_level + 1
+            depth[name] = level
+            if level == len(layers):
+                layers.append([name])
+            else:
+                layers[level].append(name)
+        return layers
+
+    def _layers_from_sorter(self) -> list[list[str]]:
+        """graphlib's prepare() finds any cycle; get_ready()/done() in whole batches gives the layers."""
+        sorter = self.prepared_sorter()
+        position = self._position.__getitem__
+        layers: list[list[str]] = []
+        with _gc_paused():
+            ready = sorted(sorter.get_ready(), key=position)
+            while ready:
+                layers.append(ready)
+                sorter.done(*ready)
+                ready = sorted(sorter.get_ready(), key=position)
+        return layers
+
+    def _check_missing(self) -> None:
+        steps = self.steps
+        for name, node in steps.items():
+            for dep in node.depends_on:
+                if dep not in steps:
+                    raise MissingDependencyError(name, dep)
+
+    def _normalise_cycle(self, found: Sequence[str]) -> list[str]:
+        """graphlib lists predecessors first; we print "depends on" arrows from the earliest step."""
+        ring = list(reversed(found))[:-1]
+        start = min(range(len(ring)), key=lambda i: self._position[ring[i]])
+        ring = ring[start:] + ring[:start]
+        return [*ring, ring[0]]
+
+
+def plan_waves(layers: list[list[str]], max_concurrent: int) -> list[list[str]]:
+    """Split each layer into chunks of at most ``max_concurrent`` (what --dry-run shows)."""
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be >= 1 (got {max_concurrent})")
+    waves: list[list[str]] = []
+    for layer in layers:
+        for start in range(0, len(layer), max_concurrent):
+            waves.append(layer[start : start + max_concurrent])
+    return waves
