@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,9 +120,11 @@ class StepExecutor:
             spec = self._prepare(step, allowed)
         except DevctlError as error:
             return self._failed_before_start(step, block, str(error))
-        async with AsyncExitStack() as stack:
+        held: list[asyncio.Semaphore] = []
+        try:
             for cap in (*admission.caps, self.state.slots):
-                await stack.enter_async_context(cap)
+                await cap.acquire()
+                held.append(cap)
             reason = admission.stop_reason()
             if reason is None and self.state.limiter is not None:
                 await self.state.limiter.acquire()
@@ -134,6 +135,9 @@ class StepExecutor:
             if admission.on_done is not None:
                 admission.on_done(result)
             return result
+        finally:
+            for cap in reversed(held):
+                cap.release()
 
     def _prepare(self, step: WorkflowStepSchema, allowed: Collection[str] | None) -> StepSpec:
         name = step.display_name
