@@ -9,7 +9,7 @@ import pytest
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.runners.local import LocalRunner
 
-RUNNERS = ["local"]
+RUNNERS = ["local", "distributed"]
 
 
 @pytest.fixture(params=RUNNERS)
