@@ -84,9 +84,8 @@ def main() -> None:
     for _ in range(args.repeat):  # alternate so both see the same machine noise
         bases.append(make_baseline(args.steps, args.jobs))
         ours.append(engine_block(args.steps, args.jobs))
-        print(
-            f"make -j{args.jobs}: {bases[-1]:.3f}s  devctl engine: {ours[-1]:.3f}s  ratio {ours[-1] / bases[-1]:.2f}"
-        )
+        ratio = ours[-1] / bases[-1]
+        print(f"make -j{args.jobs}: {bases[-1]:.3f}s  devctl engine: {ours[-1]:.3f}s  ratio {ratio:.2f}")
     print(
         f"best of {args.repeat}: make {min(bases):.3f}s, engine {min(ours):.3f}s, "
         f"ratio {min(ours) / min(bases):.2f} (target <= 1.25)"

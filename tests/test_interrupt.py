@@ -21,7 +21,8 @@ def _workflow(tmp_path: Path) -> Path:
     steps = [
         {
             "name": f"sleeper{i}",
-            "command": f"!sleep 60 & echo $! > {tmp_path}/child{i}.pid; echo $$ > {tmp_path}/main{i}.pid; wait",
+            "command": f"!sleep 60 & echo $! > {tmp_path}/child{i}.pid; "
+            f"echo $$ > {tmp_path}/main{i}.pid; wait",
         }
         for i in range(3)
     ]
