@@ -109,8 +109,8 @@ class WorkflowEngine:
         self.executor = ParallelExecutor(self, self.config)
         result = RunResult(self.workflow.name, self.run_id, False, started_at=time.time(), mode=self.mode)
         names = [s.display_name for s in iter_steps(self.workflow) if not s.is_block]
+        await runner.start()  # an unreachable broker fails here, before any output
         events.run_started(self.workflow.name, self.run_id, self.mode, names)
-        await runner.start()
         try:
             result.success = await self._run_main()
             hooks = self.workflow.on_success if result.success else self.workflow.on_failure

@@ -272,10 +272,10 @@ def _text_layers(steps: Sequence[WorkflowStepSchema], pad: str) -> list[str]:
     lines: list[str] = []
     for number, layer in enumerate(DependencyGraph(steps).topological_sort(), start=1):
         lines.append(f"{pad}layer {number}:")
-        width = max(len(name) for name in layer)
-        for name in layer:
+        labels = {name: block_label(by_name[name]) if by_name[name].is_block else name for name in layer}
+        width = max(map(len, labels.values()))
+        for name, label in labels.items():
             step = by_name[name]
-            label = block_label(step) if step.is_block else name
             deps = f"  <- {', '.join(step.depends_on)}" if step.depends_on else ""
             lines.append(f"{pad}  {label:<{width}}{deps}".rstrip())
             lines += _text_children(step, pad + "      ")

@@ -1,0 +1,459 @@
+"""The ``devctl`` command line: parse options, call the engine, map errors to exit codes.
+
+Thin on purpose: every rule lives in the engine, every display in
+``core/output.py``. Exit codes: 0 success, 1 workflow failed, 2 invalid
+workflow or usage, 130 interrupted. Every ``DevctlError`` becomes one line on
+stderr (``devctl: error: ...``); ``--debug`` adds the traceback. The
+distributed modules are imported only by the commands that need them, so a
+local run never imports Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from devctl_dist.core.exceptions import DevctlError, UsageError, WorkflowError
+from devctl_dist.core.output import OUTPUT_FORMATS, finalize, make_listeners
+from devctl_dist.runners.base import StepRunner
+from devctl_dist.workflows.graph_format import (
+    GRAPH_FORMATS,
+    count_steps,
+    format_graph,
+    format_plan,
+    workflow_mode,
+)
+from devctl_dist.workflows.loader import load_workflow
+from devctl_dist.workflows.schema import WorkflowSchema
+from devctl_dist.workflows.validation import validate_workflow
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ---------------------------------------------------------------- error handling
+
+
+@dataclass
+class CliState:
+    """Per-invocation state shared by the group and its commands (``ctx.obj``)."""
+
+    debug: bool = False
+
+    def enable_debug(self) -> None:
+        self.debug = True
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def one_line(message: str) -> str:
+    """Fold a message onto one line: a user reads one line per error."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+
+
+class DevctlGroup(click.Group):
+    """A Click group that turns every error into one stderr line and an exit code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        state = CliState()
+        extra.setdefault("obj", state)
+        code = _invoke_reporting_errors(
+            lambda: super(DevctlGroup, self).main(
+                args, prog_name or "devctl", complete_var, standalone_mode=False, **extra
+            ),
+            state,
+        )
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _invoke_reporting_errors(call: Callable[[], Any], state: CliState) -> int:
+    try:
+        result = call()
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("devctl: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except DevctlError as exc:
+        _report(exc, state, f"devctl: error: {one_line(str(exc))}")
+        return exc.exit_code
+    except Exception as exc:  # a bug, not a bad input: still one line unless --debug
+        hint = "" if state.debug else " (rerun with --debug for the traceback)"
+        _report(exc, state, f"devctl: internal error: {type(exc).__name__}: {one_line(str(exc))}{hint}")
+        return EXIT_FAILED
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _report(exc: BaseException, state: CliState, line: str) -> None:
+    if state.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    click.echo(line, err=True)
+
+
+@contextmanager
+def invalid_input() -> Iterator[None]:
+    """Errors while loading or checking a workflow mean invalid input: exit 2, whatever raised."""
+    try:
+        yield
+    except DevctlError as exc:
+        if exc.exit_code != EXIT_FAILED:
+            raise
+        raise WorkflowError(str(exc)) from exc
+
+
+def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs; split at the first ``=``, values stay strings (``a=b=c`` gives ``b=c``)."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--var {pair!r}: expected KEY=VALUE (for example --var env=prod)")
+        values[key] = value
+    return values
+
+
+def load_checked(path: str) -> tuple[WorkflowSchema, list[str]]:
+    """Load and validate a workflow file; returns it with its warnings. Raises exit-2 errors."""
+    with invalid_input():
+        workflow = load_workflow(path)
+        warnings = validate_workflow(workflow)
+    return workflow, warnings
+
+
+# ---------------------------------------------------------------- the group
+
+
+BROKER_HELP = "Broker URL (default: DEVCTL_BROKER_URL or redis://localhost:6379/0)."
+HELP = {
+    "var": "Set a template variable (repeatable); overrides the file's vars.",
+    "dry-run": "Print the planned waves under the concurrency cap; run nothing.",
+    "output": "table: live table (plain lines when stdout is not a terminal); plain: timestamped lines; "
+    "json: one JSON result document on stdout.",
+    "results-file": "Also write the JSON result here (partial results on interrupt).",
+    "max-concurrent": "Cap on steps running at once across the run (overrides parallel.max_concurrent).",
+    "rate-limit": "At most R step starts per second (overrides parallel.rate_limit).",
+    "distributed": "Run the steps on Celery workers (start them with devctl worker).",
+    "debug": "Show tracebacks and debug logs on errors.",
+    "graph-format": "text, mermaid (graph TD) or dot (Graphviz digraph).",
+    "queues": "Comma-separated queues to serve (default: the default queue).",
+    "concurrency": "Worker processes (default: number of CPUs).",
+    "basic-auth": "Require HTTP basic auth (comma-separate several users).",
+}
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False)
+
+
+EPILOG_MAIN = """\b
+Examples:
+  devctl run deploy.yaml --var env=prod        run with a live table
+  devctl run deploy.yaml --dry-run             show the planned waves, run nothing
+  devctl run deploy.yaml --output json         one JSON document on stdout
+  devctl validate deploy.yaml                  check a file (exit 2 if invalid)
+  devctl graph deploy.yaml --format mermaid    draw the workflow
+  devctl worker --queues default,gpu           serve steps for --distributed runs
+\b
+Exit codes: 0 success, 1 workflow failed, 2 invalid workflow or usage, 130 interrupted.
+"""
+
+
+@click.group(
+    cls=DevctlGroup,
+    epilog=EPILOG_MAIN,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="devctl-dist", prog_name="devctl")
+@click.option("--debug", is_flag=True, help=HELP["debug"])
+@click.pass_obj
+def cli(state: CliState, debug: bool) -> None:
+    """devctl: run YAML workflows (sequential steps, parallel blocks, dependency graphs)
+    on this machine or on Celery workers."""
+    if debug:
+        state.enable_debug()
+
+
+# ---------------------------------------------------------------- run
+
+
+@dataclass
+class RunOptions:
+    """Everything ``devctl run`` accepts (also ``workflow run`` / ``workflow dry-run``)."""
+
+    file: str
+    variables: tuple[str, ...]
+    dry_run: bool
+    output: str
+    results_file: str | None
+    max_concurrent: int | None
+    rate_limit: float | None
+    distributed: bool
+    broker: str | None
+    debug: bool
+
+
+def run_options(func: F) -> F:
+    """The options shared by ``run`` and its aliases."""
+    decorators = [
+        click.argument("file", type=click.Path(dir_okay=False)),
+        click.option("--var", "-v", "variables", multiple=True, metavar="KEY=VALUE", help=HELP["var"]),
+        click.option("--dry-run", is_flag=True, help=HELP["dry-run"]),
+        click.option(
+            "--output",
+            "-o",
+            type=click.Choice(OUTPUT_FORMATS),
+            default="table",
+            show_default=True,
+            help=HELP["output"],
+        ),
+        click.option(
+            "--results-file", type=click.Path(dir_okay=False), metavar="PATH", help=HELP["results-file"]
+        ),
+        click.option(
+            "--max-concurrent", type=click.IntRange(min=1), metavar="N", help=HELP["max-concurrent"]
+        ),
+        click.option(
+            "--rate-limit", type=click.FloatRange(0, min_open=True), metavar="R", help=HELP["rate-limit"]
+        ),
+        click.option("--distributed", is_flag=True, help=HELP["distributed"]),
+        click.option("--broker", metavar="URL", help=BROKER_HELP),
+        click.option("--debug", is_flag=True, help=HELP["debug"]),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+EPILOG_RUN = """\b
+Examples:
+  devctl run deploy.yaml
+  devctl run deploy.yaml --var env=prod --var version=1.4.2
+  devctl run deploy.yaml --dry-run --max-concurrent 4
+  devctl run deploy.yaml --output json > result.json
+  devctl run deploy.yaml --results-file result.json --rate-limit 5
+  devctl run deploy.yaml --distributed --broker redis://redis:6379/0
+\b
+Exit codes: 0 success, 1 a step failed, 2 invalid workflow or usage, 130 interrupted (Ctrl-C).
+"""
+
+
+RUN_HELP = """Run a workflow file.
+
+Plain steps run one after another; a `parallel:` block runs its steps concurrently; any
+`depends_on` turns the file into a dependency graph where each step starts as soon as its
+dependencies succeeded. On a terminal a live table shows progress; piped, one timestamped
+line per event.
+"""
+
+
+def make_run_command(name: str, *, dry_run_only: bool = False) -> click.Command:
+    """``run`` and its aliases; ``dry_run_only`` makes ``workflow dry-run``."""
+    summary = RUN_HELP
+    if dry_run_only:
+        summary = "Show the waves a workflow would run in, under the concurrency cap, without running it."
+
+    @click.command(name, help=summary, epilog=EPILOG_RUN)
+    @run_options
+    @click.pass_obj
+    def command(state: CliState, /, **params: Any) -> None:
+        options = RunOptions(**params)
+        if dry_run_only:
+            options.dry_run = True
+        click.get_current_context().exit(run_workflow(state, options))
+
+    return command
+
+
+def run_workflow(state: CliState, options: RunOptions) -> int:
+    """Load, check, then plan or run; returns the exit code."""
+    if options.debug and not state.debug:
+        state.enable_debug()
+    variables = parse_vars(options.variables)
+    if options.broker and not options.distributed:
+        raise UsageError("--broker only applies with --distributed")
+    workflow, warnings = load_checked(options.file)
+    for warning in warnings:
+        click.echo(f"devctl: warning: {warning}", err=True)
+    if options.dry_run:
+        with invalid_input():
+            plan = format_plan(workflow, options.max_concurrent, as_json=options.output == "json")
+        click.echo(plan, nl=False)
+        return EXIT_OK
+    from devctl_dist.workflows.engine import WorkflowEngine  # validate/graph need no engine
+
+    runner = celery_runner(options.broker) if options.distributed else None
+    listeners = make_listeners(
+        options.output, results_file=options.results_file, stream=sys.stdout, is_tty=sys.stdout.isatty()
+    )
+    with invalid_input():
+        engine = WorkflowEngine(
+            workflow,
+            runner=runner,
+            listeners=listeners,
+            variables=variables,
+            max_concurrent=options.max_concurrent,
+            rate_limit=options.rate_limit,
+        )
+    try:
+        result = engine.run()
+    except BaseException:
+        finalize(listeners, None)
+        raise
+    finalize(listeners, result)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def celery_runner(broker: str | None) -> StepRunner:
+    """The distributed runner; imported here so local runs never load Celery."""
+    from devctl_dist.distributed.runner import CeleryRunner
+    from devctl_dist.settings import Settings
+
+    try:
+        settings = Settings(broker_url=broker) if broker else Settings()
+    except ValueError as exc:  # pydantic's ValidationError: a bad DEVCTL_* variable or --broker
+        raise UsageError(f"invalid settings: {exc}") from exc
+    runner: StepRunner = CeleryRunner(settings)
+    return runner
+
+
+# ---------------------------------------------------------------- validate, graph
+
+
+EPILOG_VALIDATE = """\b
+Examples:
+  devctl validate deploy.yaml
+  for f in workflows/*.yaml; do devctl validate "$f" || exit 2; done
+\b
+Prints "OK: FILE: N steps (mode)" and any warnings; exit 2 with one error line if invalid.
+"""
+
+
+@click.command("validate", epilog=EPILOG_VALIDATE)
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate_command(file: str) -> None:
+    """Check a workflow file: schema, unique names, dependencies, cycles, commands."""
+    workflow, warnings = load_checked(file)
+    click.echo(f"OK: {file}: {count_steps(workflow)} steps ({workflow_mode(workflow)})")
+    for warning in warnings:
+        click.echo(f"warning: {warning}")
+
+
+EPILOG_GRAPH = """\b
+Examples:
+  devctl graph deploy.yaml                       layers and arrows in the terminal
+  devctl graph deploy.yaml --format mermaid      paste into a Markdown ```mermaid block
+  devctl graph deploy.yaml --format dot | dot -Tsvg > deploy.svg
+"""
+
+
+@click.command("graph", epilog=EPILOG_GRAPH)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--format", "-f", "fmt", type=click.Choice(GRAPH_FORMATS), default="text", help=HELP["graph-format"]
+)
+def graph_command(file: str, fmt: str) -> None:
+    """Draw a workflow: steps, parallel blocks (as clusters) and dependencies."""
+    with invalid_input():
+        text = format_graph(load_workflow(file), fmt)
+    click.echo(text, nl=False)
+
+
+# ---------------------------------------------------------------- worker, flower
+
+
+EPILOG_WORKER = """\b
+Examples:
+  devctl worker                                  serve the default queue
+  devctl worker --queues gpu,default --concurrency 4
+  DEVCTL_BROKER_URL=redis://redis:6379/0 devctl worker
+\b
+A step with `queue: gpu` runs only on workers serving gpu. SIGTERM shuts down warmly.
+"""
+
+
+@click.command("worker", epilog=EPILOG_WORKER)
+@click.option("--queues", "-Q", metavar="A,B", help=HELP["queues"])
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), metavar="N", help=HELP["concurrency"])
+@click.option("--broker", metavar="URL", help=BROKER_HELP)
+@click.option("--loglevel", "-l", type=LOG_LEVELS, default="info", show_default=True)
+@click.option("--hostname", "-n", metavar="NAME", help="Celery node name (default: devctl-<pid>@<host>).")
+def worker_command(
+    queues: str | None, concurrency: int | None, broker: str | None, loglevel: str, hostname: str | None
+) -> None:
+    """Start a Celery worker that runs steps of `devctl run --distributed`."""
+    queue_list = None
+    if queues is not None:
+        queue_list = [name.strip() for name in queues.split(",") if name.strip()]
+        if not queue_list:
+            raise UsageError("--queues: give at least one queue name, e.g. --queues default,gpu")
+    from devctl_dist.distributed.worker import run_worker
+
+    click.get_current_context().exit(run_worker(queue_list, concurrency, broker, loglevel.lower(), hostname))
+
+
+EPILOG_FLOWER = """\b
+Examples:
+  devctl flower                                  http://localhost:5555
+  devctl flower --port 8080 --basic-auth admin:s3cret --address 127.0.0.1
+\b
+Flower's /metrics and /healthcheck skip basic auth: keep Flower on an internal network.
+"""
+
+
+@click.command("flower", epilog=EPILOG_FLOWER)
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="HTTP port.")
+@click.option("--basic-auth", metavar="USER:PASS", help=HELP["basic-auth"])
+@click.option("--broker", metavar="URL", help=BROKER_HELP)
+@click.option("--address", metavar="HOST", help="Address to bind (default: all interfaces).")
+def flower_command(port: int, basic_auth: str | None, broker: str | None, address: str | None) -> None:
+    """Start Flower, the web monitor, for devctl's Celery app."""
+    if basic_auth is not None and not all(":" in pair for pair in basic_auth.split(",")):
+        raise UsageError("--basic-auth: expected USER:PASS (or USER1:PASS1,USER2:PASS2)")
+    from devctl_dist.distributed.worker import run_flower
+
+    click.get_current_context().exit(run_flower(port, basic_auth, broker, address))
+
+
+# ---------------------------------------------------------------- wiring
+
+
+@click.group("workflow")
+def workflow_group() -> None:
+    """The original devctl's spelling: `devctl workflow run|validate|dry-run FILE`."""
+
+
+run_command = make_run_command("run")
+cli.add_command(run_command)
+cli.add_command(validate_command)
+cli.add_command(graph_command)
+cli.add_command(worker_command)
+cli.add_command(flower_command)
+cli.add_command(workflow_group)
+workflow_group.add_command(run_command)
+workflow_group.add_command(validate_command)
+workflow_group.add_command(make_run_command("dry-run", dry_run_only=True))
+
+
+def main() -> None:
+    """Console-script entry point (``devctl``)."""
+    cli.main(prog_name="devctl")
