@@ -18,6 +18,7 @@ from typing import Any
 
 from devctl_dist.core.async_utils import RateLimiter
 from devctl_dist.core.events import EventBus, RunListener
+from devctl_dist.core.exceptions import RunInterrupted
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.parallel import ParallelExecutor
@@ -109,7 +110,7 @@ class WorkflowEngine:
         self.executor = ParallelExecutor(self, self.config)
         result = RunResult(self.workflow.name, self.run_id, False, started_at=time.time(), mode=self.mode)
         names = [s.display_name for s in iter_steps(self.workflow) if not s.is_block]
-        await runner.start()  # an unreachable broker fails here, before any output
+        await self._start_runner(runner)  # an unreachable broker fails here, before any output
         events.run_started(self.workflow.name, self.run_id, self.mode, names)
         try:
             result.success = await self._run_main()
@@ -122,6 +123,16 @@ class WorkflowEngine:
         finally:
             await runner.close()
         return self._finalize(result)
+
+    @staticmethod
+    async def _start_runner(runner: StepRunner) -> None:
+        try:
+            await runner.start()
+        except BaseException as error:
+            await runner.close()
+            if isinstance(error, asyncio.CancelledError):
+                raise RunInterrupted("interrupted before the run started") from None
+            raise
 
     async def _run_main(self) -> bool:
         if self.workflow.is_dag:
