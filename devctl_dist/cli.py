@@ -20,7 +20,16 @@ from typing import Any, TypeVar
 
 import click
 
-from devctl_dist.core.exceptions import DevctlError, UsageError, WorkflowError
+from devctl_dist.core.exceptions import (
+    DependencyCycleError,
+    DevctlError,
+    DuplicateStepError,
+    GraphError,
+    MissingDependencyError,
+    UsageError,
+    WorkflowError,
+    WorkflowValidationError,
+)
 from devctl_dist.core.output import OUTPUT_FORMATS, finalize, make_listeners
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.graph_format import (
@@ -30,7 +39,7 @@ from devctl_dist.workflows.graph_format import (
     format_plan,
     workflow_mode,
 )
-from devctl_dist.workflows.loader import load_workflow
+from devctl_dist.workflows.loader import load_workflow, locate_step
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import validate_workflow
 
@@ -137,8 +146,22 @@ def load_checked(path: str) -> tuple[WorkflowSchema, list[str]]:
     """Load and validate a workflow file; returns it with its warnings. Raises exit-2 errors."""
     with invalid_input():
         workflow = load_workflow(path)
-        warnings = validate_workflow(workflow)
+        try:
+            warnings = validate_workflow(workflow)
+        except GraphError as error:
+            raise WorkflowValidationError(str(error), path, _graph_error_line(path, error)) from None
     return workflow, warnings
+
+
+def _graph_error_line(path: str, error: GraphError) -> int | None:
+    """Point at the step the graph error is about: the file and line make it actionable."""
+    if isinstance(error, MissingDependencyError):
+        return locate_step(path, error.step)
+    if isinstance(error, DuplicateStepError):
+        return locate_step(path, error.name, occurrence=-1)
+    if isinstance(error, DependencyCycleError):
+        return locate_step(path, error.cycle[0])
+    return None
 
 
 # ---------------------------------------------------------------- the group

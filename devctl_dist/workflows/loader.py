@@ -285,3 +285,16 @@ def _describe(value: Any) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def locate_step(path: str | Path, name: str, occurrence: int = 0) -> int | None:
+    """Line of the ``occurrence``-th step called ``name`` (-1: the last), for errors found after loading."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    pattern = re.compile(r"^\s*(-\s*)?name:\s*([\"']?)" + re.escape(name) + r"\2\s*(#.*)?$")
+    found = [number for number, line in enumerate(lines, start=1) if pattern.match(line)]
+    if not found:
+        return None
+    return found[occurrence] if -len(found) <= occurrence < len(found) else found[-1]
