@@ -1,0 +1,230 @@
+"""The coordinator's one reader of worker reports.
+
+One coroutine BLPOPs the per-run ``done`` lists (``state``) and resolves one
+future per in-flight task: no per-task polling, no result-channel subscriptions.
+Lists are durable where pub/sub is at-most-once; still, a report can be lost
+with a connection or a Redis restart, so every ``reconcile_interval`` seconds and
+after every reconnect one MGET of the in-flight outcome and lease keys catches
+up, and decides the silent cases:
+
+- lease seen, then expired without an outcome: the worker died;
+- lease older than ``timeout + kill_grace + report_grace``: the worker is stuck;
+- after a Redis restart (leases wiped), once workers had time to renew theirs:
+  a task with no lease, no outcome and no message in a queue was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from devctl_dist.distributed.state import Lease, decode_outcome, done_key, lease_key, outcome_key
+from devctl_dist.runners.base import StepOutcome, StepSpec
+from devctl_dist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LostCheck = Callable[[list[str]], Awaitable[set[str]]]
+
+
+@dataclass
+class Pending:
+    """One in-flight task as the coordinator sees it."""
+
+    spec: StepSpec
+    future: asyncio.Future[StepOutcome]
+    lease: Lease | None = None
+    running_seen_at: float | None = None
+
+
+class ReportListener:
+    """Resolves a future per task id from worker reports (one BLPOP reader)."""
+
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, lost_check: LostCheck | None = None
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.pending: dict[str, Pending] = {}
+        self._runs: set[str] = set()
+        self._wake_key = f"devctl:coordinator:{uuid.uuid4().hex}:wake"
+        self._reader: asyncio.Task[None] | None = None
+        self._lost_check = lost_check
+        self._server_id: str | None = None
+        self.on_expired: Callable[[str], Awaitable[None]] | None = None
+        self._closed = False
+        self._restart_seen_at: float | None = None
+        self._settle_time = settings.lease_seconds / 3 + 2.0
+
+    async def start(self) -> None:
+        self._server_id = await self._redis_server_id()
+        self._reader = asyncio.create_task(self._read_forever(), name="devctl-report-reader")
+
+    async def close(self) -> None:
+        self._closed = True
+        reader = self._reader
+        while reader is not None and not reader.done():
+            reader.cancel()  # again if a library swallowed the previous cancel
+            await asyncio.wait({reader}, timeout=1.0)
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.delete(self._wake_key)
+        for pending in self.pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(ConnectionError("coordinator closed"))
+
+    async def expect(self, spec: StepSpec) -> asyncio.Future[StepOutcome]:
+        """Register a task before it is sent, so no report can arrive unclaimed."""
+        future: asyncio.Future[StepOutcome] = asyncio.get_running_loop().create_future()
+        self.pending[spec.task_id] = Pending(spec, future)
+        if spec.run_id not in self._runs:
+            self._runs.add(spec.run_id)
+            await self.client.rpush(self._wake_key, "1")  # re-BLPOP on the new run's list
+            await self.client.expire(self._wake_key, 3600)
+        return future
+
+    def forget(self, task_id: str) -> None:
+        self.pending.pop(task_id, None)
+
+    def resolve(self, task_id: str, outcome: StepOutcome) -> None:
+        pending = self.pending.get(task_id)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(outcome)
+
+    async def _read_forever(self) -> None:
+        last_reconcile = time.monotonic()
+        backoff = 0.1
+        reconnected = False
+        while not self._closed:
+            try:
+                if reconnected:
+                    await self._after_reconnect()
+                    reconnected = False
+                await self._read_once()
+                backoff = 0.1
+                if time.monotonic() - last_reconcile >= self.settings.reconcile_interval:
+                    last_reconcile = time.monotonic()
+                    await self.reconcile()
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "report reader lost Redis (%s); reconnecting in %.1fs", type(exc).__name__, backoff
+                )
+                await asyncio.sleep(backoff)  # back off before reconnecting, not a poll for results
+                backoff = min(backoff * 2, 2.0)
+                reconnected = True
+
+    async def _read_once(self) -> None:
+        keys = [self._wake_key, *(done_key(run) for run in sorted(self._runs))]
+        item = await self.client.blpop(keys, timeout=self.settings.reconcile_interval)
+        if item is None:
+            return
+        key, value = _text(item[0]), _text(item[1])
+        if key == self._wake_key:
+            return
+        more = await self.client.lpop(key, 512)
+        ids = [value, *(_text(v) for v in more or [] if isinstance(v, bytes | str))]
+        await self._resolve_ids(ids)
+
+    async def _resolve_ids(self, ids: list[str]) -> None:
+        wanted = [task_id for task_id in ids if task_id in self.pending]
+        if not wanted:
+            return
+        raws = await self.client.mget([outcome_key(task_id) for task_id in wanted])
+        for task_id, raw in zip(wanted, raws, strict=True):
+            if raw is not None:
+                self.resolve(task_id, decode_outcome(raw))
+
+    async def reconcile(self) -> None:
+        """Catch up on missed reports and decide tasks whose worker went silent."""
+        ids = [task_id for task_id, p in self.pending.items() if not p.future.done()]
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=True)  # atomic: a lease gone means an outcome is there
+        pipe.mget([outcome_key(task_id) for task_id in ids])
+        pipe.mget([lease_key(task_id) for task_id in ids])
+        outcomes, leases = await pipe.execute()
+        now = time.monotonic()
+        # After a Redis restart, leases are gone until workers renew them (lease_seconds / 3).
+        settling = self._restart_seen_at is not None and now - self._restart_seen_at < self._settle_time
+        unclaimed = []
+        for task_id, raw_outcome, raw_lease in zip(ids, outcomes, leases, strict=True):
+            if raw_outcome is not None:
+                self.resolve(task_id, decode_outcome(raw_outcome))
+            elif raw_lease is None and settling:
+                continue
+            else:
+                await self._judge_silence(self.pending[task_id], raw_lease, now)
+                if raw_lease is None and self.pending[task_id].running_seen_at is None:
+                    unclaimed.append(task_id)
+        if self._restart_seen_at is not None and not settling:
+            self._restart_seen_at = None
+            await self._fail_lost(unclaimed)
+
+    async def _judge_silence(self, pending: Pending, raw_lease: bytes | None, now: float) -> None:
+        spec = pending.spec
+        if raw_lease is not None:
+            pending.lease = Lease.decode(raw_lease)
+            if pending.running_seen_at is None:
+                pending.running_seen_at = now
+            if spec.timeout is not None:
+                limit = spec.timeout + self.settings.kill_grace + self.settings.report_grace
+                if now - pending.running_seen_at > limit:
+                    await self._give_up(
+                        pending,
+                        f"no report from worker {pending.lease.worker} {limit:.0f}s after the step started",
+                        timed_out=True,
+                    )
+            return
+        if pending.running_seen_at is not None:
+            worker = pending.lease.worker if pending.lease else "?"
+            await self._give_up(pending, f"worker {worker} was lost while running the step", timed_out=False)
+
+    async def _give_up(self, pending: Pending, error: str, timed_out: bool) -> None:
+        """Fail a silent task and make sure it cannot run later (the runner revokes it)."""
+        log.error("step %s: %s", pending.spec.task_id, error)
+        if self.on_expired is not None:
+            await self.on_expired(pending.spec.task_id)
+        self.resolve(
+            pending.spec.task_id,
+            StepOutcome(exit_code=None, error=error, timed_out=timed_out, ended_at=time.time()),
+        )
+
+    async def _after_reconnect(self) -> None:
+        """After a reconnect: catch up; if Redis restarted, judge unclaimed tasks once leases are back."""
+        server_id = await self._redis_server_id()
+        if self._server_id is not None and server_id != self._server_id:
+            log.warning("Redis restarted (run_id changed): checking in-flight steps")
+            self._restart_seen_at = time.monotonic()
+        self._server_id = server_id
+        await self.reconcile()
+
+    async def _fail_lost(self, unclaimed: list[str]) -> None:
+        """Unclaimed after a restart and in no queue: the restart lost the message (no persistence)."""
+        if not unclaimed or self._lost_check is None:
+            return
+        for task_id in await self._lost_check(unclaimed):
+            self.resolve(
+                task_id,
+                StepOutcome(
+                    exit_code=None,
+                    error="step lost: the broker restarted before a worker took it "
+                    "(run Redis with appendonly yes)",
+                    ended_at=time.time(),
+                ),
+            )
+
+    async def _redis_server_id(self) -> str | None:
+        info = await self.client.info("server")
+        value = info.get("run_id")
+        return str(value) if value is not None else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,268 @@
+"""Worker side: the one task, ``devctl.run_step``, and the handlers that keep revokes honest.
+
+The pool child runs the step through the same ``LocalRunner`` as local mode
+(own session, group killed on timeout or cancellation). A revoke with terminate
+sends SIGTERM to the pool child only, so:
+
+- in the child, SIGTERM cancels the runner, which kills the step's process group;
+- in the worker's main process, ``task_revoked`` / ``task_failure`` (also fired for
+  hard time limits and lost pool children) kill every process carrying the task's
+  id in its environment (``procs``) and report, in case the child could not.
+
+Whoever reports first wins (``SET NX``); each report means "no process is left".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import celeryd_init, task_failure, task_revoked
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from devctl_dist.distributed import procs
+from devctl_dist.distributed.app import TASK_NAME, settings_of
+from devctl_dist.distributed.state import WorkerState
+from devctl_dist.runners.base import StepOutcome, StepSpec
+from devctl_dist.runners.local import LocalRunner
+from devctl_dist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_clients: dict[tuple[int, str], redis.Redis] = {}
+_worker_name: list[str] = []
+_loops: dict[int, asyncio.AbstractEventLoop] = {}
+_terminated: list[int] = []  # non-empty once this pool child got SIGTERM (Celery's terminate)
+
+
+def worker_state(settings: Settings) -> WorkerState:
+    """This process's ``WorkerState`` (one Redis client per process and broker URL)."""
+    key = (os.getpid(), settings.broker_url)
+    client = _clients.get(key)
+    if client is None:
+        # Retried for ~15 s: a report must survive a Redis restart, not die with the connection.
+        client = redis.Redis.from_url(
+            settings.broker_url,
+            socket_connect_timeout=settings.broker_connect_timeout,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=12),
+        )
+        _clients[key] = client
+    cancel_ttl = settings.visibility_timeout + 3600
+    return WorkerState(client, settings.lease_seconds, settings.result_expires, cancel_ttl)
+
+
+def run_step(task: Task, run_id: str, step_name: str, spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """Run one rendered step on this worker and report its outcome (also returned, as JSON)."""
+    settings = settings_of(task.app)
+    task_id = str(task.request.id)
+    worker = str(task.request.hostname or _this_worker())
+    state = worker_state(settings)
+    claim = state.begin(task_id, worker)
+    if claim.cancelled:
+        outcome = StepOutcome(
+            exit_code=None, error="cancelled before start", worker=worker, ended_at=time.time()
+        )
+    else:
+        if claim.ran_before:  # a lost pool child may have left the step running
+            procs.kill_marked(task_id, settings.kill_grace)
+        outcome = _run_marked(StepSpec.from_dict(spec_dict), task, state, settings, worker)
+    if _terminated and outcome.error is None:  # the kill may have landed before our handler ran
+        outcome.error = "cancelled: task revoked"
+    state.finish(task_id, run_id, outcome)
+    if _terminated:
+        # billiard marks a child it sent SIGTERM as terminated for good: any later job that
+        # ends with this process would be reported revoked. Exit now; the pool replaces us.
+        raise SystemExit(128 + signal.SIGTERM)
+    return outcome.to_dict()
+
+
+def _run_marked(
+    spec: StepSpec, task: Task, state: WorkerState, settings: Settings, worker: str
+) -> StepOutcome:
+    """Run with the task id in the step's environment, stopping it before Celery's hard limit would."""
+    task_id = str(task.request.id)
+    spec.env = {**spec.env, procs.TASK_ID_ENV: task_id, procs.WORKER_NAME_ENV: worker}
+    hard = _hard_time_limit(task, settings)
+    cap = max(1.0, hard - settings.kill_grace - 2.0)
+    capped = spec.timeout is None or spec.timeout > cap
+    if capped:
+        spec.timeout = cap
+    outcome = _run_in_child(spec, state, task_id, settings)
+    outcome.worker = worker
+    if outcome.timed_out and capped:
+        outcome.error = f"stopped at the task's hard time limit ({hard:g}s; DEVCTL_TASK_TIME_LIMIT)"
+    if outcome.timed_out or outcome.exit_code is None or outcome.exit_code < 0:
+        procs.kill_marked(task_id, settings.kill_grace)  # escapees from the group (setsid)
+    return outcome
+
+
+def _hard_time_limit(task: Task, settings: Settings) -> float:
+    limits = task.request.timelimit or (None, None)
+    hard = limits[0] if limits else None
+    return float(hard) if hard else float(settings.hard_time_limit)
+
+
+def _child_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per pool child, reused by every step it runs (a new loop per step costs ~0.4 ms)."""
+    key = os.getpid()
+    loop = _loops.get(key)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _loops[key] = loop
+    return loop
+
+
+def _run_in_child(spec: StepSpec, state: WorkerState, task_id: str, settings: Settings) -> StepOutcome:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _child_loop().run_until_complete(_run_guarded(spec, state, task_id, settings))
+    except Exception as exc:  # the runner itself broke: still report, never leave the coordinator waiting
+        log.exception("step %s failed to run", task_id)
+        return StepOutcome(exit_code=None, error=f"worker error: {exc}", ended_at=time.time())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def _run_guarded(spec: StepSpec, state: WorkerState, task_id: str, settings: Settings) -> StepOutcome:
+    """Run the step; SIGTERM (Celery's terminate) cancels it, which kills its process group."""
+    loop = asyncio.get_running_loop()
+    runner = LocalRunner(kill_grace=settings.kill_grace)
+    started = time.time()
+    step = asyncio.create_task(runner.run(spec))
+
+    def on_sigterm() -> None:
+        _terminated.append(signal.SIGTERM)
+        step.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    worker = spec.env.get(procs.WORKER_NAME_ENV, _this_worker())
+    renewer = asyncio.create_task(_renew_lease(state, task_id, worker, started, settings.lease_seconds / 3))
+    try:
+        return await step
+    except asyncio.CancelledError:
+        return StepOutcome(
+            exit_code=-signal.SIGTERM,
+            error="cancelled: task revoked",
+            started_at=started,
+            ended_at=time.time(),
+        )
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer  # leave nothing pending on the reused loop
+
+
+async def _renew_lease(
+    state: WorkerState, task_id: str, worker: str, started: float, interval: float
+) -> None:
+    """Keep the lease alive; in a thread, since the client retries through a Redis restart."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(state.renew, task_id, worker, started)
+        except redis.RedisError as exc:  # Redis away for long: the coordinator will judge the silence
+            log.warning("cannot renew lease of %s: %s", task_id, exc)
+
+
+def _this_worker() -> str:
+    return _worker_name[0] if _worker_name else f"devctl-{os.getpid()}"
+
+
+LOST_CHILD_RETRIES = 2
+
+
+def register_tasks(app: Celery) -> None:
+    """Register ``devctl.run_step`` on ``app``.
+
+    Late ack; a lost pool child (OOM, kill -9) re-sends the task at once, at most
+    ``LOST_CHILD_RETRIES`` times, then reports the failure: a step that keeps
+    killing its worker cannot loop forever.
+    """
+    app.task(
+        name=TASK_NAME,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        retry_on_worker_lost=True,
+        max_retries=LOST_CHILD_RETRIES,
+        default_retry_delay=0,
+        typing=True,
+    )(run_step)
+
+
+# --- worker main process -------------------------------------------------------------
+
+
+def _remember_worker_name(sender: str, **_: Any) -> None:
+    _worker_name[:] = [str(sender)]
+
+
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """Revoked (terminated or before start): make sure nothing of the step survives, then report."""
+    if getattr(sender, "name", None) != TASK_NAME or request is None:
+        return
+    args = list(getattr(request, "args", None) or [])
+    reason = "cancelled: task revoked" if terminated else "cancelled before start (revoked)"
+    _reap_in_background(sender.app, str(request.id), _run_id(args), reason, timed_out=False)
+
+
+def _on_failure(sender: Any = None, task_id: str | None = None, exception: Any = None, **kw: Any) -> None:
+    """Hard time limit or lost pool child: the step may be orphaned; kill it and report."""
+    if getattr(sender, "name", None) != TASK_NAME or task_id is None:
+        return
+    timed_out = isinstance(exception, TimeLimitExceeded)
+    reason = f"worker: {type(exception).__name__}: {exception}"
+    _reap_in_background(sender.app, task_id, _run_id(list(kw.get("args") or [])), reason, timed_out)
+
+
+celeryd_init.connect(_remember_worker_name, weak=False)
+task_revoked.connect(_on_revoked, weak=False)
+task_failure.connect(_on_failure, weak=False)
+
+
+def _run_id(args: list[Any]) -> str | None:
+    return str(args[0]) if args else None
+
+
+def _reap_in_background(app: Celery, task_id: str, run_id: str | None, reason: str, timed_out: bool) -> None:
+    """Kill and report off the worker's event loop: waiting out a grace period must not stall it."""
+    settings = settings_of(app)
+    thread = threading.Thread(
+        target=_reap_and_report,
+        args=(settings, task_id, run_id, reason, timed_out),
+        name=f"devctl-reap-{task_id}",
+        daemon=True,
+    )
+    thread.start()
+
+
+def _reap_and_report(
+    settings: Settings, task_id: str, run_id: str | None, reason: str, timed_out: bool
+) -> None:
+    gone = procs.kill_marked(task_id, settings.kill_grace)
+    time.sleep(0.2)  # a pool child that was mid-spawn has now either died or registered its step
+    gone = procs.kill_marked(task_id, settings.kill_grace) and gone
+    if not gone:
+        log.error("step processes of %s survived SIGKILL", task_id)
+    if run_id is None:
+        return
+    outcome = StepOutcome(
+        exit_code=None if not timed_out else -signal.SIGKILL,
+        error=reason,
+        timed_out=timed_out,
+        ended_at=time.time(),
+        worker=_this_worker(),
+    )
+    with contextlib.suppress(redis.RedisError):
+        worker_state(settings).finish(task_id, run_id, outcome)

@@ -1,0 +1,113 @@
+"""``devctl worker`` and ``devctl flower``: a Celery worker and Flower for devctl's app.
+
+The worker is always prefork (the only pool where terminate works), sends task
+events (Flower), prefetches one task per process (a long step never holds a
+queued one hostage) and does a warm shutdown on SIGTERM (Celery's default:
+running steps finish, nothing new starts). Its hostname is unique per process,
+``devctl-<pid>@<host>``, so several workers can share a machine.
+
+``python -m devctl_dist.distributed.worker --queues a,b --concurrency 2`` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from devctl_dist.settings import Settings, load_settings, redact_url
+
+
+def worker_argv(
+    settings: Settings,
+    queues: Sequence[str] | None,
+    concurrency: int | None,
+    loglevel: str,
+    hostname: str | None = None,
+) -> list[str]:
+    """The ``celery worker`` arguments devctl uses (pure, for tests and docs)."""
+    served = [q for q in (queues or []) if q] or [settings.default_queue]
+    argv = [
+        "worker",
+        "--pool=prefork",
+        f"--queues={','.join(served)}",
+        f"--hostname={hostname or f'devctl-{os.getpid()}@%h'}",
+        f"--loglevel={loglevel.upper()}",
+        "--task-events",
+        "--prefetch-multiplier=1",
+        "--without-gossip",
+    ]
+    if concurrency is not None:
+        argv.append(f"--concurrency={concurrency}")
+    return argv
+
+
+def _settings_for(broker: str | None) -> Settings:
+    return load_settings(broker_url=broker) if broker else load_settings()
+
+
+def run_worker(
+    queues: list[str] | None = None,
+    concurrency: int | None = None,
+    broker: str | None = None,
+    loglevel: str = "info",
+    hostname: str | None = None,
+) -> int:
+    """Run a worker in this process until it is shut down; returns its exit code."""
+    from devctl_dist.distributed.app import create_app
+
+    settings = _settings_for(broker)
+    app = create_app(settings)
+    argv = worker_argv(settings, queues, concurrency, loglevel, hostname)
+    print(f"devctl worker on {redact_url(settings.broker_url)}: {' '.join(argv[1:])}", file=sys.stderr)
+    try:
+        app.worker_main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def flower_argv(port: int, basic_auth: str | None, address: str | None = None) -> list[str]:
+    argv = ["flower", f"--port={port}"]
+    if address is not None:
+        argv.append(f"--address={address}")
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
+    return argv
+
+
+def run_flower(
+    port: int = 5555, basic_auth: str | None = None, broker: str | None = None, address: str | None = None
+) -> int:
+    """Run Flower for devctl's app in this process.
+
+    ``/metrics`` and ``/healthcheck`` skip basic auth: keep Flower on an internal
+    network. Flower also reads ``FLOWER_BASIC_AUTH`` (keeps the password out of ``ps``).
+    """
+    from devctl_dist.distributed.app import create_app
+
+    settings = _settings_for(broker)
+    app = create_app(settings)
+    print(f"devctl flower on http://localhost:{port} for {redact_url(settings.broker_url)}", file=sys.stderr)
+    try:
+        app.start(flower_argv(port, basic_auth, address))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devctl_dist.distributed.worker", description=__doc__)
+    parser.add_argument("--queues", default="", help="comma-separated queues (default: the default queue)")
+    parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--broker", default=None, help="overrides DEVCTL_BROKER_URL")
+    parser.add_argument("--loglevel", default="info")
+    parser.add_argument("--hostname", default=None, help="default: devctl-<pid>@%%h")
+    args = parser.parse_args(argv)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    return run_worker(queues or None, args.concurrency, args.broker, args.loglevel, args.hostname)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

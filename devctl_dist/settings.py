@@ -1,0 +1,111 @@
+"""Settings for distributed mode, read from ``DEVCTL_*`` environment variables.
+
+One object configures both sides (the coordinator's ``CeleryRunner`` and the
+workers), so the Redis keys, expiries and time limits always agree.
+Never print a URL from here without :func:`redact_url`: broker URLs carry passwords.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from devctl_dist.core.exceptions import UsageError
+
+_SECRET_QUERY_KEYS = {"password", "pass", "token", "secret"}
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password (in the netloc or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """Broker, result backend, limits and grace periods for distributed mode."""
+
+    model_config = SettingsConfigDict(env_prefix="DEVCTL_", extra="ignore", hide_input_in_errors=True)
+
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str | None = None
+    default_queue: str = "default"
+    result_expires: int = Field(default=24 * 3600, gt=0, description="seconds results and reports live")
+    visibility_timeout: int = Field(
+        default=12 * 3600,
+        gt=0,
+        description="seconds before Redis re-delivers an unacked message: must exceed the longest step",
+    )
+    task_time_limit: int | None = Field(
+        default=None,
+        gt=0,
+        description="hard limit per task in seconds; default: visibility_timeout minus 10 minutes",
+    )
+    worker_ping_timeout: float = Field(default=3.0, gt=0)
+    broker_connect_timeout: float = Field(default=2.0, gt=0)
+    kill_grace: float = Field(default=3.0, ge=0)
+    report_grace: float = Field(
+        default=15.0, gt=0, description="slack after a step's timeout before its silence is a failure"
+    )
+    lease_seconds: int = Field(default=15, ge=3, description="a running step's lease; renewed every third")
+    reconcile_interval: float = Field(default=5.0, gt=0)
+    queue_rate_limits: dict[str, str] = Field(
+        default_factory=dict,
+        description='per-queue Celery rate limit for workers serving the queue, e.g. {"api": "10/s"}',
+    )
+
+    @model_validator(mode="after")
+    def _time_limit_below_visibility(self) -> Settings:
+        """A step must be killed before Redis hands its message to a second worker."""
+        if self.task_time_limit is None:
+            self.task_time_limit = max(60, self.visibility_timeout - 600)
+        if self.task_time_limit >= self.visibility_timeout:
+            raise ValueError(
+                f"task_time_limit ({self.task_time_limit}s) must be below "
+                f"visibility_timeout ({self.visibility_timeout}s), or a long step runs twice"
+            )
+        return self
+
+    @property
+    def result_backend_url(self) -> str:
+        """The result backend, defaulting to the broker."""
+        return self.result_backend or self.broker_url
+
+    @property
+    def hard_time_limit(self) -> int:
+        """``task_time_limit`` after defaulting (never None once validated)."""
+        assert self.task_time_limit is not None
+        return self.task_time_limit
+
+    def safe_broker_url(self) -> str:
+        return redact_url(self.broker_url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """``Settings(**overrides)``, or a ``UsageError`` with one line naming each bad variable.
+
+    Pydantic's own message quotes the input values, which may hold a broker password.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = "_".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"DEVCTL_{where}: {error['msg']}" if where else str(error["msg"]))
+        raise UsageError("invalid settings: " + "; ".join(problems)) from None

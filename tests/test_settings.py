@@ -1,0 +1,67 @@
+"""Settings from DEVCTL_* variables, and URLs that never show a password."""
+
+from __future__ import annotations
+
+import pytest
+
+from devctl_dist.core.exceptions import UsageError
+from devctl_dist.settings import Settings, load_settings, redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("rediss://admin:s3cret@redis.example:6380/2", "rediss://admin:***@redis.example:6380/2"),
+        ("redis://user@redis/0", "redis://user@redis/0"),
+        ("redis://redis/0?password=s3cret&ssl=1", "redis://redis/0?password=***&ssl=1"),
+    ],
+)
+def test_redact_url_hides_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.broker_url == "redis://localhost:6379/0"
+    assert settings.result_backend_url == settings.broker_url
+    assert settings.default_queue == "default"
+    assert settings.visibility_timeout == 12 * 3600
+    assert settings.hard_time_limit < settings.visibility_timeout
+    assert settings.worker_ping_timeout == 3.0
+    assert settings.kill_grace == 3.0
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVCTL_BROKER_URL", "redis://redis:6379/1")
+    monkeypatch.setenv("DEVCTL_RESULT_BACKEND", "redis://results:6379/2")
+    monkeypatch.setenv("DEVCTL_QUEUE_RATE_LIMITS", '{"api": "10/s"}')
+    monkeypatch.setenv("DEVCTL_VISIBILITY_TIMEOUT", "7200")
+    settings = Settings()
+    assert settings.broker_url == "redis://redis:6379/1"
+    assert settings.result_backend_url == "redis://results:6379/2"
+    assert settings.queue_rate_limits == {"api": "10/s"}
+    assert settings.hard_time_limit == 6600
+
+
+def test_hard_limit_must_stay_below_visibility_timeout() -> None:
+    with pytest.raises(ValueError, match="must be below"):
+        Settings(visibility_timeout=600, task_time_limit=600)
+
+
+def test_load_settings_names_the_variable_and_hides_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVCTL_BROKER_URL", "redis://:s3cret@redis:6379/0")
+    monkeypatch.setenv("DEVCTL_KILL_GRACE", "soon")
+    with pytest.raises(UsageError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid settings: DEVCTL_KILL_GRACE: ")
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_validation_errors_never_show_the_url() -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings(broker_url="redis://:s3cret@redis:6379/0", visibility_timeout=600, task_time_limit=600)
+    assert "s3cret" not in str(caught.value)
