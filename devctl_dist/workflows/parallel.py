@@ -21,7 +21,6 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from devctl_dist.core.exceptions import DevctlError
 from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.results import ParallelBlockResult, StepResult, StepStatus
 from devctl_dist.workflows.schema import ParallelBlockSchema, ParallelConfigSchema, WorkflowStepSchema
@@ -179,18 +178,9 @@ class ParallelExecutor:
     ) -> StepResult:
         assert step.parallel is not None
         name = step.display_name
-        if step.condition is not None:
-            try:
-                go = self.state.renderer.judge(
-                    step.condition, step=name, results=self.state.results, allowed=allowed
-                )
-            except DevctlError as error:
-                return StepResult(
-                    name=name, success=False, status=StepStatus.FAILED, block=block, error=str(error)
-                )
-            if not go:
-                self.state.benign_skips.add(name)
-                return skipped(name, f"condition is false: {step.condition}", block)
+        verdict = self.steps.check_condition(step, block, allowed)
+        if verdict is not None:
+            return verdict
         frozen = None if allowed is None else frozenset(allowed)
         result = await self.execute_parallel_block(
             step.parallel, name=name, allowed=frozen, admission=admission

@@ -111,12 +111,10 @@ class StepExecutor:
     ) -> StepResult:
         """Run ``step`` to a final result. Cancellation propagates; ``state.live`` tells how far it got."""
         name = step.display_name
+        verdict = self.check_condition(step, block, allowed)
+        if verdict is not None:
+            return verdict
         try:
-            if step.condition is not None and not self.state.renderer.judge(
-                step.condition, step=name, results=self.state.results, allowed=allowed
-            ):
-                self.state.benign_skips.add(name)
-                return skipped(name, f"condition is false: {step.condition}", block)
             spec = self._prepare(step, allowed)
         except DevctlError as error:
             return self._failed_before_start(step, block, str(error))
@@ -138,6 +136,23 @@ class StepExecutor:
         finally:
             for cap in reversed(held):
                 cap.release()
+
+    def check_condition(
+        self, step: WorkflowStepSchema, block: str | None, allowed: Collection[str] | None
+    ) -> StepResult | None:
+        """``None`` when the step may run; else its final result (skipped, or failed on a bad condition)."""
+        if step.condition is None:
+            return None
+        try:
+            go = self.state.renderer.judge(
+                step.condition, step=step.display_name, results=self.state.results, allowed=allowed
+            )
+        except DevctlError as error:
+            return self._failed_before_start(step, block, str(error))
+        if go:
+            return None
+        self.state.benign_skips.add(step.display_name)
+        return skipped(step.display_name, f"condition is false: {step.condition}", block)
 
     def _prepare(self, step: WorkflowStepSchema, allowed: Collection[str] | None) -> StepSpec:
         name = step.display_name
