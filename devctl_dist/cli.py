@@ -32,6 +32,7 @@ from devctl_dist.core.exceptions import (
 )
 from devctl_dist.core.output import OUTPUT_FORMATS, finalize, make_listeners
 from devctl_dist.runners.base import StepRunner
+from devctl_dist.service_commands import BROKER_HELP, flower_command, worker_command
 from devctl_dist.workflows.graph_format import (
     GRAPH_FORMATS,
     count_steps,
@@ -167,7 +168,6 @@ def _graph_error_line(path: str, error: GraphError) -> int | None:
 # ---------------------------------------------------------------- the group
 
 
-BROKER_HELP = "Broker URL (default: DEVCTL_BROKER_URL or redis://localhost:6379/0)."
 HELP = {
     "var": "Set a template variable (repeatable); overrides the file's vars.",
     "dry-run": "Print the planned waves under the concurrency cap; run nothing.",
@@ -179,11 +179,7 @@ HELP = {
     "distributed": "Run the steps on Celery workers (start them with devctl worker).",
     "debug": "Show tracebacks and debug logs on errors.",
     "graph-format": "text, mermaid (graph TD) or dot (Graphviz digraph).",
-    "queues": "Comma-separated queues to serve (default: the default queue).",
-    "concurrency": "Worker processes (default: number of CPUs).",
-    "basic-auth": "Require HTTP basic auth (comma-separate several users).",
 }
-LOG_LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False)
 
 
 EPILOG_MAIN = """\b
@@ -399,62 +395,6 @@ def graph_command(file: str, fmt: str) -> None:
     with invalid_input():
         text = format_graph(load_workflow(file), fmt)
     click.echo(text, nl=False)
-
-
-# ---------------------------------------------------------------- worker, flower
-
-
-EPILOG_WORKER = """\b
-Examples:
-  devctl worker                                  serve the default queue
-  devctl worker --queues gpu,default --concurrency 4
-  DEVCTL_BROKER_URL=redis://redis:6379/0 devctl worker
-\b
-A step with `queue: gpu` runs only on workers serving gpu. SIGTERM shuts down warmly.
-"""
-
-
-@click.command("worker", epilog=EPILOG_WORKER)
-@click.option("--queues", "-Q", metavar="A,B", help=HELP["queues"])
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), metavar="N", help=HELP["concurrency"])
-@click.option("--broker", metavar="URL", help=BROKER_HELP)
-@click.option("--loglevel", "-l", type=LOG_LEVELS, default="info", show_default=True)
-@click.option("--hostname", "-n", metavar="NAME", help="Celery node name (default: devctl-<pid>@<host>).")
-def worker_command(
-    queues: str | None, concurrency: int | None, broker: str | None, loglevel: str, hostname: str | None
-) -> None:
-    """Start a Celery worker that runs steps of `devctl run --distributed`."""
-    queue_list = None
-    if queues is not None:
-        queue_list = [name.strip() for name in queues.split(",") if name.strip()]
-        if not queue_list:
-            raise UsageError("--queues: give at least one queue name, e.g. --queues default,gpu")
-    from devctl_dist.distributed.worker import run_worker
-
-    click.get_current_context().exit(run_worker(queue_list, concurrency, broker, loglevel.lower(), hostname))
-
-
-EPILOG_FLOWER = """\b
-Examples:
-  devctl flower                                  http://localhost:5555
-  devctl flower --port 8080 --basic-auth admin:s3cret --address 127.0.0.1
-\b
-Flower's /metrics and /healthcheck skip basic auth: keep Flower on an internal network.
-"""
-
-
-@click.command("flower", epilog=EPILOG_FLOWER)
-@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="HTTP port.")
-@click.option("--basic-auth", metavar="USER:PASS", help=HELP["basic-auth"])
-@click.option("--broker", metavar="URL", help=BROKER_HELP)
-@click.option("--address", metavar="HOST", help="Address to bind (default: all interfaces).")
-def flower_command(port: int, basic_auth: str | None, broker: str | None, address: str | None) -> None:
-    """Start Flower, the web monitor, for devctl's Celery app."""
-    if basic_auth is not None and not all(":" in pair for pair in basic_auth.split(",")):
-        raise UsageError("--basic-auth: expected USER:PASS (or USER1:PASS1,USER2:PASS2)")
-    from devctl_dist.distributed.worker import run_flower
-
-    click.get_current_context().exit(run_flower(port, basic_auth, broker, address))
 
 
 # ---------------------------------------------------------------- wiring
