@@ -48,8 +48,9 @@ class CeleryRunner:
 
     name = "distributed"
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, resume: bool = False) -> None:
         self.settings = settings or Settings()
+        self.resume = resume
         self._app: Celery | None = None
         self._client: aioredis.Redis | None = None
         self._listener: ReportListener | None = None
@@ -100,9 +101,10 @@ class CeleryRunner:
         listener, client = self._require()
         future = await listener.expect(spec)
         try:
-            reused = await self._previous_outcome(client, spec)
-            if reused is not None:
-                return reused
+            if self.resume:
+                reused = await self._previous_outcome(client, spec)
+                if reused is not None:
+                    return reused
             _raise_if_cancelling()
             await self._call(self._send, spec)
             return await asyncio.shield(future)
@@ -113,9 +115,12 @@ class CeleryRunner:
             listener.forget(spec.task_id)
 
     async def _previous_outcome(self, client: aioredis.Redis, spec: StepSpec) -> StepOutcome | None:
-        """Same task id seen before (a resumed run): reuse a success, else clear stale keys and re-send.
+        """With ``resume``: the same task id seen before (a resumed run) is not run twice.
 
-        A task whose lease is live is still running somewhere: it is adopted, not sent twice.
+        A reported success is reused; a task whose lease is live still runs somewhere and
+        is adopted; anything else has its stale keys cleared and is sent again. (Workers
+        remember revoked ids for hours: a resumed run should give unfinished steps a new attempt.)
+        One round trip per step, so only when asked for.
         """
         pipe = client.pipeline(transaction=True)
         pipe.get(outcome_key(spec.task_id))

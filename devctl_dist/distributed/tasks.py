@@ -1,13 +1,15 @@
 """Worker side: the one task, ``devctl.run_step``, and the handlers that keep revokes honest.
 
 The pool child runs the step through the same ``LocalRunner`` as local mode
-(own session, group killed on timeout or cancellation). A revoke with terminate
-sends SIGTERM to the pool child only, so:
+(own session, group killed on timeout). A revoke with terminate sends SIGTERM to
+the pool child only, so:
 
-- in the child, SIGTERM cancels the runner, which kills the step's process group;
+- in the child, a SIGTERM handler signals the step's process group, then lets the
+  child die, as Celery and billiard expect;
 - in the worker's main process, ``task_revoked`` / ``task_failure`` (also fired for
   hard time limits and lost pool children) kill every process carrying the task's
-  id in its environment (``procs``) and report, in case the child could not.
+  id in its environment (``procs``: also ones that left the group), SIGKILL what
+  outlives the grace, and report.
 
 Whoever reports first wins (``SET NX``); each report means "no process is left".
 """
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 _clients: dict[tuple[int, str], redis.Redis] = {}
 _worker_name: list[str] = []
 _loops: dict[int, asyncio.AbstractEventLoop] = {}
-_terminated: list[int] = []  # non-empty once this pool child got SIGTERM (Celery's terminate)
 
 
 def worker_state(settings: Settings) -> WorkerState:
@@ -76,13 +77,7 @@ def run_step(task: Task, run_id: str, step_name: str, spec_dict: dict[str, Any])
         if claim.ran_before:  # a lost pool child may have left the step running
             procs.kill_marked(task_id, settings.kill_grace)
         outcome = _run_marked(StepSpec.from_dict(spec_dict), task, state, settings, worker)
-    if _terminated and outcome.error is None:  # the kill may have landed before our handler ran
-        outcome.error = "cancelled: task revoked"
     state.finish(task_id, run_id, outcome)
-    if _terminated:
-        # billiard marks a child it sent SIGTERM as terminated for good: any later job that
-        # ends with this process would be reported revoked. Exit now; the pool replaces us.
-        raise SystemExit(128 + signal.SIGTERM)
     return outcome.to_dict()
 
 
@@ -123,9 +118,10 @@ def _child_loop() -> asyncio.AbstractEventLoop:
 
 
 def _run_in_child(spec: StepSpec, state: WorkerState, task_id: str, settings: Settings) -> StepOutcome:
-    previous = signal.getsignal(signal.SIGTERM)
+    runner = LocalRunner(kill_grace=settings.kill_grace)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _die_with_step(runner))
     try:
-        return _child_loop().run_until_complete(_run_guarded(spec, state, task_id, settings))
+        return _child_loop().run_until_complete(_run_guarded(runner, spec, state, task_id, settings))
     except Exception as exc:  # the runner itself broke: still report, never leave the coordinator waiting
         log.exception("step %s failed to run", task_id)
         return StepOutcome(exit_code=None, error=f"worker error: {exc}", ended_at=time.time())
@@ -133,31 +129,28 @@ def _run_in_child(spec: StepSpec, state: WorkerState, task_id: str, settings: Se
         signal.signal(signal.SIGTERM, previous)
 
 
-async def _run_guarded(spec: StepSpec, state: WorkerState, task_id: str, settings: Settings) -> StepOutcome:
-    """Run the step; SIGTERM (Celery's terminate) cancels it, which kills its process group."""
-    loop = asyncio.get_running_loop()
-    runner = LocalRunner(kill_grace=settings.kill_grace)
+def _die_with_step(runner: LocalRunner) -> None:
+    """SIGTERM in the pool child (Celery's terminate): signal the step's group, then die as Celery expects.
+
+    billiard treats a child it sent SIGTERM as terminated for good: surviving it would
+    stall the next job ~4 s and mislabel a later death as a revoke. The worker's main
+    process (``task_revoked``) finishes the job: grace, SIGKILL, and the report.
+    """
+    runner.kill_all(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _run_guarded(
+    runner: LocalRunner, spec: StepSpec, state: WorkerState, task_id: str, settings: Settings
+) -> StepOutcome:
+    """Run the step while keeping its lease alive."""
     started = time.time()
-    step = asyncio.create_task(runner.run(spec))
-
-    def on_sigterm() -> None:
-        _terminated.append(signal.SIGTERM)
-        step.cancel()
-
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     worker = spec.env.get(procs.WORKER_NAME_ENV, _this_worker())
     renewer = asyncio.create_task(_renew_lease(state, task_id, worker, started, settings.lease_seconds / 3))
     try:
-        return await step
-    except asyncio.CancelledError:
-        return StepOutcome(
-            exit_code=-signal.SIGTERM,
-            error="cancelled: task revoked",
-            started_at=started,
-            ended_at=time.time(),
-        )
+        return await runner.run(spec)
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer  # leave nothing pending on the reused loop

@@ -302,10 +302,10 @@ def two_workers(redis_url: str, worker_factory: WorkerFactory) -> list[WorkerPro
 @pytest.fixture
 def distributed_runner_factory(
     redis_url: str, two_workers: list[WorkerProcess]
-) -> Callable[[], CeleryRunner]:
-    """``factory(**settings_overrides) -> CeleryRunner`` for the test cluster (call ``start()`` yourself)."""
+) -> Callable[..., CeleryRunner]:
+    """``factory(resume=False, **settings_overrides) -> CeleryRunner`` for the test cluster (unstarted)."""
 
-    def make(**overrides: Any) -> CeleryRunner:
-        return CeleryRunner(cluster_settings(redis_url, **overrides))
+    def make(resume: bool = False, **overrides: Any) -> CeleryRunner:
+        return CeleryRunner(cluster_settings(redis_url, **overrides), resume=resume)
 
     return make

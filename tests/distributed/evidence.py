@@ -32,6 +32,16 @@ def wait_for_pids(path: Path, count: int = 1, timeout: float = 30.0) -> list[int
     raise AssertionError(f"no {count} pid(s) in {path} after {timeout:g}s")
 
 
+def wait_for_lines(path: Path, count: int, timeout: float = 30.0) -> list[str]:
+    """Wait until a step has written ``count`` lines to ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(lines := path.read_text().splitlines()) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} line(s) in {path} after {timeout:g}s")
+
+
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until none of ``pids`` is alive; return the survivors."""
     deadline = time.monotonic() + timeout

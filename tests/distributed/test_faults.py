@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from devctl_dist.distributed.runner import CeleryRunner
-from devctl_dist.runners.base import StepSpec
+from devctl_dist.runners.base import StepOutcome, StepSpec
 from tests.distributed.cluster import SESSION, RedisServer, WorkerFactory, cluster_settings
-from tests.distributed.evidence import run_id, sleeper, wait_for_pids
+from tests.distributed.evidence import run_id, sleeper, wait_for_lines, wait_for_pids
 
 pytestmark = pytest.mark.distributed
 
@@ -101,3 +104,46 @@ def test_worker_killed_mid_step_is_reported_lost(
     for pid in pids:  # a SIGKILLed worker cannot clean up: its container (or the operator) must
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _coordinator_script(spec: StepSpec) -> str:
+    return (
+        "import asyncio, json, sys\n"
+        "from devctl_dist.distributed.runner import CeleryRunner\n"
+        "from devctl_dist.runners.base import StepSpec\n"
+        "from devctl_dist.settings import Settings\n"
+        "async def main():\n"
+        "    runner = CeleryRunner(Settings())\n"
+        "    await runner.start()\n"
+        f"    await runner.run(StepSpec.from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))})))\n"
+        "asyncio.run(main())\n"
+    )
+
+
+def test_killed_coordinator_resumes_without_running_a_step_twice(
+    distributed_runner_factory: Callable[..., CeleryRunner], distributed_env: dict[str, str], tmp_path: Path
+) -> None:
+    """kill -9 of `devctl run` mid-step: a resuming runner adopts the running task, reuses its success."""
+    runs = tmp_path / "runs"
+    spec = StepSpec(run_id(), "deploy", f"echo run >> {runs}; sleep 2; echo done")
+    env = {**os.environ, **distributed_env}
+    coordinator = subprocess.Popen([sys.executable, "-c", _coordinator_script(spec)], env=env)
+    try:
+        wait_for_lines(runs, 1)
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+
+    async def resume() -> list[StepOutcome]:
+        runner = distributed_runner_factory(resume=True)
+        await runner.start()
+        try:
+            first = await runner.run(spec)  # adopts the task still running on the worker
+            second = await runner.run(spec)  # reuses the reported success
+            return [first, second]
+        finally:
+            await runner.close()
+
+    outcomes = asyncio.run(resume())
+    assert [o.stdout for o in outcomes] == ["done\n", "done\n"], outcomes
+    assert runs.read_text() == "run\n"
