@@ -345,12 +345,9 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
 def celery_runner(broker: str | None) -> StepRunner:
     """The distributed runner; imported here so local runs never load Celery."""
     from devctl_dist.distributed.runner import CeleryRunner
-    from devctl_dist.settings import Settings
+    from devctl_dist.settings import load_settings
 
-    try:
-        settings = Settings(broker_url=broker) if broker else Settings()
-    except ValueError as exc:  # pydantic's ValidationError: a bad DEVCTL_* variable or --broker
-        raise UsageError(f"invalid settings: {exc}") from exc
+    settings = load_settings(broker_url=broker) if broker else load_settings()
     runner: StepRunner = CeleryRunner(settings)
     return runner
 
