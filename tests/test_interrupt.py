@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.workflows.semantics import pid_alive, read_pid, wait_gone
@@ -48,13 +49,36 @@ def _wait_for(paths: list[Path], within: float = 20.0) -> None:
     raise AssertionError(f"steps did not start: {paths}")
 
 
-def test_sigint_kills_steps_writes_partial_results_and_exits_130(tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "distributed"])
+def mode(request: pytest.FixtureRequest) -> tuple[list[str], dict[str, str]]:
+    """Extra `devctl run` arguments and environment for each runner."""
+    if request.param == "local":
+        return [], {}
+    request.getfixturevalue("two_workers")
+    env: dict[str, str] = request.getfixturevalue("distributed_env")
+    return ["--distributed"], env
+
+
+def test_sigint_kills_steps_writes_partial_results_and_exits_130(
+    tmp_path: Path, mode: tuple[list[str], dict[str, str]]
+) -> None:
     results = tmp_path / "results.json"
+    extra, env = mode
     proc = subprocess.Popen(
-        [*DEVCTL, "run", str(_workflow(tmp_path)), "--output", "plain", "--results-file", str(results)],
+        [
+            *DEVCTL,
+            "run",
+            str(_workflow(tmp_path)),
+            "--output",
+            "plain",
+            "--results-file",
+            str(results),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env},
     )
     pidfiles = [tmp_path / f"{kind}{i}.pid" for kind in ("child", "main") for i in (0, 1)]
     _wait_for(pidfiles)
