@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflows.semantics import pid_alive, read_pid, wait_gone
+from tests.evidence import pid_alive, wait_gone
+from tests.workflows.semantics import read_pid
 
 DEVCTL = [str(Path(sys.executable).with_name("devctl"))]
 
@@ -91,7 +92,7 @@ def test_sigint_kills_steps_writes_partial_results_and_exits_130(
         proc.kill()
         raise
     assert proc.returncode == 130, (out, err)
-    assert wait_gone(pids, within=2.0) == []
+    assert wait_gone(pids, timeout=2.0) == []
     assert "Traceback" not in err
     data = json.loads(results.read_text())
     assert data["interrupted"] is True
@@ -116,5 +117,5 @@ def test_sigterm_is_treated_like_ctrl_c(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 130
-    assert wait_gone(pids, within=2.0) == []
+    assert wait_gone(pids, timeout=2.0) == []
     assert json.loads(out)["interrupted"] is True

@@ -36,6 +36,7 @@ import redis
 
 from devctl_dist.distributed.runner import CeleryRunner
 from devctl_dist.settings import Settings
+from tests.evidence import wait_gone
 
 TEST_DB = 5
 SESSION = uuid.uuid4().hex[:8]
@@ -179,14 +180,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @dataclass
 class WorkerProcess:
     """One ``devctl`` worker (main process + prefork pool) started for the tests."""
@@ -230,10 +223,7 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        deadline = time.monotonic() + 5
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return [p for p in pids if _alive(p)]
+        return wait_gone(pids, 5.0)
 
 
 WorkerFactory = Callable[..., WorkerProcess]

@@ -14,7 +14,7 @@ from devctl_dist.distributed.runner import CeleryRunner
 from devctl_dist.runners.base import StepSpec
 from devctl_dist.settings import Settings
 from tests.distributed.cluster import SESSION, WorkerFactory, cluster_settings
-from tests.distributed.evidence import run_id
+from tests.evidence import run_id
 
 
 def test_app_is_json_only_late_ack_prefetch_one_with_events() -> None:

@@ -19,7 +19,7 @@ import pytest
 from devctl_dist.distributed.runner import CeleryRunner
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from tests.distributed.cluster import SESSION, RedisServer, WorkerFactory, cluster_settings
-from tests.distributed.evidence import run_id, sleeper, wait_for_lines, wait_for_pids
+from tests.evidence import run_id, sleeper, wait_for_lines, wait_for_pids
 
 pytestmark = pytest.mark.distributed
 

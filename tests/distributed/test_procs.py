@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from devctl_dist.distributed import procs
-from tests.distributed.evidence import pid_alive, sleeper, wait_for_pids
+from tests.evidence import pid_alive, sleeper, wait_for_pids
 
 
 def _spawn(task_id: str, command: str) -> subprocess.Popen[bytes]:

@@ -15,7 +15,7 @@ from devctl_dist.distributed.state import Lease, WorkerState, lease_key
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.settings import Settings
 from tests.distributed.cluster import cluster_settings
-from tests.distributed.evidence import run_id
+from tests.evidence import run_id
 
 pytestmark = pytest.mark.distributed
 

@@ -14,7 +14,7 @@ from devctl_dist.distributed.runner import CeleryRunner
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.settings import Settings
 from tests.distributed.cluster import SPECIAL_QUEUE, TEST_DB, WorkerProcess, cluster_settings
-from tests.distributed.evidence import run_id, sleeper, wait_for_pids, wait_gone
+from tests.evidence import run_id, sleeper, wait_for_pids, wait_gone
 
 pytestmark = pytest.mark.distributed
 

@@ -19,7 +19,7 @@ from devctl_dist.distributed.state import cancel_key, decode_outcome, done_key, 
 from devctl_dist.distributed.tasks import LOST_CHILD_RETRIES
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from tests.distributed.cluster import WorkerProcess, cluster_settings
-from tests.distributed.evidence import pid_alive, run_id, sleeper, wait_for_pids, wait_gone
+from tests.evidence import pid_alive, run_id, sleeper, wait_for_pids, wait_gone
 
 pytestmark = pytest.mark.distributed
 

@@ -21,7 +21,7 @@ from devctl_dist.distributed.worker import flower_argv, worker_argv
 from devctl_dist.runners.base import StepSpec
 from devctl_dist.settings import Settings
 from tests.distributed.cluster import SESSION, WorkerFactory, cluster_settings
-from tests.distributed.evidence import run_id, wait_for_pids
+from tests.evidence import run_id, wait_for_pids
 
 
 def test_worker_argv_has_the_safe_defaults() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,9 @@ from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.engine import WorkflowEngine
 from devctl_dist.workflows.loader import load_workflow_text
 from devctl_dist.workflows.results import RunResult
+from tests.evidence import pid_alive, wait_gone
+
+__all__ = ["pid_alive", "wait_gone"]
 
 RunnerFactory = Callable[[], StepRunner]
 
@@ -67,25 +69,6 @@ def max_overlap(log: Path) -> int:
         running += delta
         peak = max(peak, running)
     return peak
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_gone(pids: Sequence[int], within: float = 10.0) -> list[int]:
-    """Pids still alive after ``within`` seconds (remote kills are asynchronous)."""
-    deadline = time.monotonic() + within
-    alive = [p for p in pids if pid_alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if pid_alive(p)]
-    return alive
 
 
 def read_pid(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""What the tests assert on: files written by steps, and /proc."""
+"""What the tests assert on: files written by steps, and /proc (shared by every test directory)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def wait_for_lines(path: Path, count: int, timeout: float = 30.0) -> list[str]:
     raise AssertionError(f"no {count} line(s) in {path} after {timeout:g}s")
 
 
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Wait until none of ``pids`` is alive; return the survivors."""
     deadline = time.monotonic() + timeout
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
