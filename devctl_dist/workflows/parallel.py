@@ -119,7 +119,15 @@ class ParallelExecutor:
         self.block_names.add(label)
         self.state.events.block_started(label, list(nodes))
         started = time.time()
-        outcome, timed_out = await self._run_group(group)
+        try:
+            outcome, timed_out = await self._run_group(group)
+        except asyncio.CancelledError:  # an outer fail_all, fail_fast or Ctrl-C: still report the block
+            steps = [self.state.results.get(n) or skipped(n, "run cancelled", label) for n in nodes]
+            result = _block_result(self.state, label, steps, False, time.time() - started)
+            result.status, result.success = StepStatus.CANCELLED, False
+            self.blocks.append(result)
+            self.state.events.block_finished(result)
+            raise
         result = _block_result(
             self.state, label, [outcome[n] for n in nodes], timed_out, time.time() - started
         )

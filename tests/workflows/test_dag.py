@@ -114,3 +114,21 @@ def test_condition_false_skips_step_and_its_dependents(make_runner: Factory, tmp
     assert result.steps["prod-only"].status is StepStatus.SKIPPED
     assert result.steps["after"].status is StepStatus.SKIPPED
     assert set(spans(log)) == {"always"}
+
+
+def test_fail_fast_cancels_steps_inside_a_running_block_node(make_runner: Factory, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    inner = [{"name": f"in{i}", "command": step(log, f"in{i}", sleep=60, pidfile=True)} for i in range(2)]
+    data = {
+        "steps": [
+            {"name": "root", "command": step(log, "root")},
+            {"name": "blk", "parallel": {"name": "blk", "steps": inner}, "depends_on": ["root"]},
+            {"name": "bad", "command": step(log, "bad", sleep=1, exit_code=1), "depends_on": ["root"]},
+        ]
+    }
+    result = run_workflow(data, make_runner(), tmp_path)
+    assert not result.success
+    assert {result.steps["in0"].status, result.steps["in1"].status} == {StepStatus.CANCELLED}
+    assert [b.status for b in result.blocks if b.name == "blk"] == [StepStatus.CANCELLED]
+    assert wait_gone([read_pid(tmp_path / f"in{i}.pid") for i in (0, 1)]) == []
+    assert result.duration < 30
