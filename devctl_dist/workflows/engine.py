@@ -22,7 +22,7 @@ from devctl_dist.core.exceptions import RunInterrupted
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.parallel import ParallelExecutor
-from devctl_dist.workflows.results import RunResult, StepResult, StepStatus
+from devctl_dist.workflows.results import RunResult, StepStatus
 from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
 from devctl_dist.workflows.step_executor import RunState, skipped
 from devctl_dist.workflows.templating import TemplateRenderer
@@ -116,7 +116,7 @@ class WorkflowEngine:
             result.success = await self._run_main()
             hooks = self.workflow.on_success if result.success else self.workflow.on_failure
             if hooks:
-                result.success = await self._run_sequence(hooks, "hook") and result.success
+                result.success = await self._run_sequence(hooks) and result.success
         except asyncio.CancelledError:
             result.interrupted = True
             result.success = False
@@ -139,9 +139,9 @@ class WorkflowEngine:
             graph = DependencyGraph(self.workflow.steps)
             outcome = await self.executor.execute_dag(graph)
             return all(self.state.is_benign(r) for r in outcome.values())
-        return await self._run_sequence(self.workflow.steps, "sequence")
+        return await self._run_sequence(self.workflow.steps)
 
-    async def _run_sequence(self, steps: Sequence[WorkflowStepSchema], where: str) -> bool:
+    async def _run_sequence(self, steps: Sequence[WorkflowStepSchema]) -> bool:
         """The original engine's rule: a failing step stops the sequence unless its failure is allowed."""
         for index, step in enumerate(steps):
             result = await self.executor.execute_node(step, block=None, allowed=None)
@@ -190,8 +190,3 @@ def _default_runner() -> StepRunner:
 def _slug(name: str) -> str:
     cleaned = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
     return cleaned[:40] or "run"
-
-
-def step_results(result: RunResult) -> dict[str, StepResult]:
-    """Convenience for callers and tests: name -> result."""
-    return dict(result.steps)
