@@ -58,7 +58,7 @@ class StepResult:
         return data
 
 
-@dataclass
+@dataclass(repr=False)
 class ParallelBlockResult:
     """Aggregate of one parallel block (the seed's fields plus status)."""
 
@@ -69,6 +69,11 @@ class ParallelBlockResult:
     succeeded_count: int
     status: StepStatus = StepStatus.SUCCEEDED
     duration: float = 0.0
+
+    def __repr__(self) -> str:  # short: asyncio reprs task results, and a block may hold 100k steps
+        return (
+            f"ParallelBlockResult(name={self.name!r}, status={self.status.value!r}, steps={len(self.steps)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,7 +87,7 @@ class ParallelBlockResult:
         }
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
     """Outcome of a whole workflow run."""
 
@@ -95,6 +100,12 @@ class RunResult:
     ended_at: float = 0.0
     interrupted: bool = False
     mode: str = "sequential"
+
+    def __repr__(self) -> str:  # short: asyncio.run() reprs the main task's result
+        return (
+            f"RunResult(workflow={self.workflow!r}, run_id={self.run_id!r}, success={self.success}, "
+            f"steps={len(self.steps)})"
+        )
 
     @property
     def duration(self) -> float:
