@@ -122,15 +122,16 @@ class ReportListener:
 
     async def _read_once(self) -> None:
         keys = [self._wake_key, *(done_key(run) for run in sorted(self._runs))]
-        item = await self.client.blpop(keys, timeout=self.settings.reconcile_interval)
-        if item is None:
+        # BLMPOP (Redis 7): block, then take up to 512 reports in the same round trip
+        item = await self.client.blmpop(
+            self.settings.reconcile_interval, len(keys), *keys, direction="LEFT", count=512
+        )
+        if not item:
             return
-        key, value = _text(item[0]), _text(item[1])
-        if key == self._wake_key:
+        key, values = item[0], item[1]
+        if not isinstance(key, bytes | str) or _text(key) == self._wake_key or not isinstance(values, list):
             return
-        more = await self.client.lpop(key, 512)
-        ids = [value, *(_text(v) for v in more or [] if isinstance(v, bytes | str))]
-        await self._resolve_ids(ids)
+        await self._resolve_ids([_text(v) for v in values if isinstance(v, bytes | str)])
 
     async def _resolve_ids(self, ids: list[str]) -> None:
         wanted = [task_id for task_id in ids if task_id in self.pending]
