@@ -51,6 +51,7 @@ class StepResult:
     ended_at: float | None = None
     skip_reason: str | None = None
     block: str | None = None
+    worker: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -228,9 +228,8 @@ def _from_outcome(record: StepResult, outcome: StepOutcome, step: WorkflowStepSc
     record.stdout = outcome.stdout
     record.stderr = outcome.stderr
     record.exit_code = outcome.exit_code
+    record.worker = outcome.worker
     record.ended_at = time.time()
-    if outcome.started_at and record.started_at is None:
-        record.started_at = outcome.started_at
     record.duration = max(0.0, record.ended_at - (record.started_at or record.ended_at))
     if outcome.succeeded:
         record.status = StepStatus.SUCCEEDED

@@ -81,9 +81,12 @@ def test_results_flow_to_dependents(make_runner: Factory, tmp_path: Path) -> Non
             },
         ]
     }
-    result = run_workflow(data, make_runner(), tmp_path)
+    runner = make_runner()
+    result = run_workflow(data, runner, tmp_path)
     assert result.success
     assert out.read_text() == "v1.2.3-0\n"
+    # the distributed runner records which worker ran each step
+    assert (result.steps["version"].worker is not None) is (runner.name == "distributed")
 
 
 def test_results_of_non_dependency_are_a_step_error(make_runner: Factory, tmp_path: Path) -> None:
