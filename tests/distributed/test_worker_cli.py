@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,42 @@ def test_flower_serves_our_app_behind_basic_auth(flower: str) -> None:
     assert _status(flower + "/") == 401
     assert _status(flower + "/", "admin:wrong") == 401
     assert _status(flower + "/", "admin:s3cret") == 200
+
+
+def _tasks_seen_by_flower(base: str) -> dict[str, dict[str, object]]:
+    request = urllib.request.Request(base + "/api/tasks")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:s3cret").decode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        data: dict[str, dict[str, object]] = json.loads(response.read())
+    return data
+
+
+@pytest.mark.distributed
+def test_flower_shows_each_step_as_run_step_with_run_id_and_name(
+    flower: str, distributed_runner_factory: Callable[[], CeleryRunner]
+) -> None:
+    """Flower sees tasks only once it listens to events: send steps until one shows up."""
+    rid = run_id()
+
+    async def one_step(index: int) -> bool:
+        runner = distributed_runner_factory()
+        await runner.start()
+        try:
+            return (await runner.run(StepSpec(rid, f"flower-visible-{index}", "true"))).succeeded
+        finally:
+            await runner.close()
+
+    found: list[dict[str, object]] = []
+    for index in range(15):
+        assert asyncio.run(one_step(index))
+        deadline = time.monotonic() + 2
+        while not found and time.monotonic() < deadline:
+            found = [t for t in _tasks_seen_by_flower(flower).values() if rid in str(t.get("args"))]
+            time.sleep(0.2)
+        if found:
+            break
+    assert found, "Flower never showed a devctl step"
+    task = found[0]
+    assert task["name"] == "devctl.run_step"
+    assert "flower-visible-" in str(task["args"])
+    assert "env" not in str(task["args"])  # a step's env may hold secrets
