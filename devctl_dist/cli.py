@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from devctl_dist.cli_help import EPILOG_GRAPH, EPILOG_MAIN, EPILOG_RUN, EPILOG_VALIDATE, HELP, RUN_HELP
 from devctl_dist.core.exceptions import (
     DependencyCycleError,
     DevctlError,
@@ -168,33 +169,6 @@ def _graph_error_line(path: str, error: GraphError) -> int | None:
 # ---------------------------------------------------------------- the group
 
 
-HELP = {
-    "var": "Set a template variable (repeatable); overrides the file's vars.",
-    "dry-run": "Print the planned waves under the concurrency cap; run nothing.",
-    "output": "table: live table (plain lines when stdout is not a terminal); plain: timestamped lines; "
-    "json: one JSON result document on stdout.",
-    "results-file": "Also write the JSON result here (partial results on interrupt).",
-    "max-concurrent": "Cap on steps running at once across the run (overrides parallel.max_concurrent).",
-    "rate-limit": "At most R step starts per second (overrides parallel.rate_limit).",
-    "distributed": "Run the steps on Celery workers (start them with devctl worker).",
-    "debug": "Show tracebacks and debug logs on errors.",
-    "graph-format": "text, mermaid (graph TD) or dot (Graphviz digraph).",
-}
-
-
-EPILOG_MAIN = """\b
-Examples:
-  devctl run deploy.yaml --var env=prod        run with a live table
-  devctl run deploy.yaml --dry-run             show the planned waves, run nothing
-  devctl run deploy.yaml --output json         one JSON document on stdout
-  devctl validate deploy.yaml                  check a file (exit 2 if invalid)
-  devctl graph deploy.yaml --format mermaid    draw the workflow
-  devctl worker --queues default,gpu           serve steps for --distributed runs
-\b
-Exit codes: 0 success, 1 workflow failed, 2 invalid workflow or usage, 130 interrupted.
-"""
-
-
 @click.group(
     cls=DevctlGroup,
     epilog=EPILOG_MAIN,
@@ -259,28 +233,6 @@ def run_options(func: F) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
-
-
-EPILOG_RUN = """\b
-Examples:
-  devctl run deploy.yaml
-  devctl run deploy.yaml --var env=prod --var version=1.4.2
-  devctl run deploy.yaml --dry-run --max-concurrent 4
-  devctl run deploy.yaml --output json > result.json
-  devctl run deploy.yaml --results-file result.json --rate-limit 5
-  devctl run deploy.yaml --distributed --broker redis://redis:6379/0
-\b
-Exit codes: 0 success, 1 a step failed, 2 invalid workflow or usage, 130 interrupted (Ctrl-C).
-"""
-
-
-RUN_HELP = """Run a workflow file.
-
-Plain steps run one after another; a `parallel:` block runs its steps concurrently; any
-`depends_on` turns the file into a dependency graph where each step starts as soon as its
-dependencies succeeded. On a terminal a live table shows progress; piped, one timestamped
-line per event.
-"""
 
 
 def make_run_command(name: str, *, dry_run_only: bool = False) -> click.Command:
@@ -355,15 +307,6 @@ def celery_runner(broker: str | None) -> StepRunner:
 # ---------------------------------------------------------------- validate, graph
 
 
-EPILOG_VALIDATE = """\b
-Examples:
-  devctl validate deploy.yaml
-  for f in workflows/*.yaml; do devctl validate "$f" || exit 2; done
-\b
-Prints "OK: FILE: N steps (mode)" and any warnings; exit 2 with one error line if invalid.
-"""
-
-
 @click.command("validate", epilog=EPILOG_VALIDATE)
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate_command(file: str) -> None:
@@ -372,14 +315,6 @@ def validate_command(file: str) -> None:
     click.echo(f"OK: {file}: {count_steps(workflow)} steps ({workflow_mode(workflow)})")
     for warning in warnings:
         click.echo(f"warning: {warning}")
-
-
-EPILOG_GRAPH = """\b
-Examples:
-  devctl graph deploy.yaml                       layers and arrows in the terminal
-  devctl graph deploy.yaml --format mermaid      paste into a Markdown ```mermaid block
-  devctl graph deploy.yaml --format dot | dot -Tsvg > deploy.svg
-"""
 
 
 @click.command("graph", epilog=EPILOG_GRAPH)
