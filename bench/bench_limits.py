@@ -19,8 +19,9 @@ from devctl_dist.workflows.engine import WorkflowEngine
 from devctl_dist.workflows.schema import WorkflowSchema
 
 
-def run(steps: int, rate: float, cap: int, log: Path) -> None:
-    command = f'!echo "start $(date +%s.%N)" >> {log}; sleep 0.3; echo "end $(date +%s.%N)" >> {log}'
+def run(steps: int, rate: float | None, cap: int, sleep: float, log: Path) -> list[tuple[float, int]]:
+    """Run one block; return (time, +1 start / -1 end) events as the steps wrote them."""
+    command = f'!echo "start $(date +%s.%N)" >> {log}; sleep {sleep}; echo "end $(date +%s.%N)" >> {log}'
     workflow = WorkflowSchema.model_validate(
         {
             "parallel": {"rate_limit": rate, "max_concurrent": cap},
@@ -36,6 +37,8 @@ def run(steps: int, rate: float, cap: int, log: Path) -> None:
     )
     result = asyncio.run(WorkflowEngine(workflow, runner=LocalRunner()).run_async())
     assert result.success, result.counts()
+    lines = (line.split() for line in log.read_text().splitlines())
+    return [(float(stamp), 1 if kind == "start" else -1) for kind, stamp in lines]
 
 
 def main() -> None:
@@ -44,15 +47,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--max-concurrent", type=int, default=4)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "log"
-        run(args.steps, args.rate, args.max_concurrent, log)
-        events = [
-            (float(t), 1 if kind == "start" else -1)
-            for kind, t in (ln.split() for ln in log.read_text().splitlines())
-        ]
+    with tempfile.TemporaryDirectory() as tmp:  # short steps, no cap in the way: the rate decides
+        events = run(args.steps, args.rate, 1000, 0.01, Path(tmp) / "log")
     starts = sorted(t for t, d in events if d == 1)
     achieved = (len(starts) - 1) / (starts[-1] - starts[0])
+    with tempfile.TemporaryDirectory() as tmp:  # long steps, no rate limit: the cap decides
+        events = run(4 * args.max_concurrent, None, args.max_concurrent, 0.3, Path(tmp) / "log")
     running = peak = 0
     for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
         running += delta
