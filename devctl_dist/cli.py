@@ -200,6 +200,7 @@ class RunOptions:
     rate_limit: float | None
     distributed: bool
     broker: str | None
+    resume: str | None
     debug: bool
 
 
@@ -228,6 +229,7 @@ def run_options(func: F) -> F:
         ),
         click.option("--distributed", is_flag=True, help=HELP["distributed"]),
         click.option("--broker", metavar="URL", help=BROKER_HELP),
+        click.option("--resume", metavar="RUN_ID", help=HELP["resume"]),
         click.option("--debug", is_flag=True, help=HELP["debug"]),
     ]
     for decorator in reversed(decorators):
@@ -260,6 +262,8 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     variables = parse_vars(options.variables)
     if options.broker and not options.distributed:
         raise UsageError("--broker only applies with --distributed")
+    if options.resume and not options.distributed:
+        raise UsageError("--resume only applies with --distributed (step results live in Redis)")
     workflow, warnings = load_checked(options.file)
     for warning in warnings:
         click.echo(f"devctl: warning: {warning}", err=True)
@@ -270,7 +274,7 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
         return EXIT_OK
     from devctl_dist.workflows.engine import WorkflowEngine  # validate/graph need no engine
 
-    runner = celery_runner(options.broker) if options.distributed else None
+    runner = celery_runner(options.broker, resume=options.resume is not None) if options.distributed else None
     listeners = make_listeners(
         options.output, results_file=options.results_file, stream=sys.stdout, is_tty=sys.stdout.isatty()
     )
@@ -282,6 +286,7 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
             variables=variables,
             max_concurrent=options.max_concurrent,
             rate_limit=options.rate_limit,
+            run_id=options.resume,
         )
     try:
         result = engine.run()
@@ -294,13 +299,13 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     return EXIT_OK if result.success else EXIT_FAILED
 
 
-def celery_runner(broker: str | None) -> StepRunner:
+def celery_runner(broker: str | None, *, resume: bool = False) -> StepRunner:
     """The distributed runner; imported here so local runs never load Celery."""
     from devctl_dist.distributed.runner import CeleryRunner
     from devctl_dist.settings import load_settings
 
     settings = load_settings(broker_url=broker) if broker else load_settings()
-    runner: StepRunner = CeleryRunner(settings)
+    runner: StepRunner = CeleryRunner(settings, resume=resume)
     return runner
 
 

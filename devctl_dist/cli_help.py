@@ -13,6 +13,8 @@ HELP = {
     "max-concurrent": "Cap on steps running at once across the run (overrides parallel.max_concurrent).",
     "rate-limit": "At most R step starts per second (overrides parallel.rate_limit).",
     "distributed": "Run the steps on Celery workers (start them with devctl worker).",
+    "resume": "Continue run RUN_ID (from its RUN line or JSON) after the coordinator died: succeeded steps "
+    "are not re-run, steps still running on workers are adopted (with --distributed).",
     "debug": "Show tracebacks and debug logs on errors.",
     "graph-format": "text, mermaid (graph TD) or dot (Graphviz digraph).",
 }
