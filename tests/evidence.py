@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -62,3 +65,16 @@ def sleeper(pidfile: Path, seconds: int = 60) -> str:
         f"setsid sh -c 'echo $$ >> {pidfile}; exec sleep {seconds}' {quiet} & "
         f"echo $$ >> {pidfile}; exec sleep {seconds}"
     )
+
+
+def http_status(url: str, auth: str | None = None) -> int:
+    """The HTTP status of a GET, with optional basic auth (Flower's pages)."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code

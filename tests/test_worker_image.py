@@ -7,7 +7,6 @@ worker (answering the manifest's liveness probe, draining on SIGTERM) and Flower
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
@@ -15,14 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.deploy_helpers import ENTRYPOINT, PLACEHOLDER, find, pod_spec
+from tests.evidence import http_status
 
 # --- workers/entrypoint.sh, run for real --------------------------------------------
 
@@ -191,18 +189,6 @@ def test_worker_runs_answers_the_manifest_probe_and_drains(image_env: dict[str, 
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=30)
-
-
-def http_status(url: str, auth: str | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 @pytest.mark.distributed

@@ -22,7 +22,7 @@ from devctl_dist.distributed.worker import flower_argv, worker_argv
 from devctl_dist.runners.base import StepSpec
 from devctl_dist.settings import Settings
 from tests.distributed.cluster import SESSION, WorkerFactory, cluster_settings
-from tests.evidence import run_id, wait_for_pids
+from tests.evidence import http_status, run_id, wait_for_pids
 
 
 def test_worker_argv_has_the_safe_defaults() -> None:
@@ -79,17 +79,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _status(url: str, auth: str | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 @pytest.fixture
 def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
@@ -104,7 +93,7 @@ def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                _status(base + "/healthcheck")
+                http_status(base + "/healthcheck")
                 break
             except OSError:
                 time.sleep(0.2)
@@ -117,10 +106,10 @@ def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.distributed
 def test_flower_serves_our_app_behind_basic_auth(flower: str) -> None:
-    assert _status(flower + "/healthcheck") == 200  # no auth: keep Flower on an internal network
-    assert _status(flower + "/") == 401
-    assert _status(flower + "/", "admin:wrong") == 401
-    assert _status(flower + "/", "admin:s3cret") == 200
+    assert http_status(flower + "/healthcheck") == 200  # no auth: keep Flower on an internal network
+    assert http_status(flower + "/") == 401
+    assert http_status(flower + "/", "admin:wrong") == 401
+    assert http_status(flower + "/", "admin:s3cret") == 200
 
 
 def _tasks_seen_by_flower(base: str) -> dict[str, dict[str, object]]:
