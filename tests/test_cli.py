@@ -121,7 +121,7 @@ def test_invalid_workflows_exit_2_with_one_line(tmp_path: Path, case: str, comma
 def test_a_cycle_error_names_the_cycle(tmp_path: Path) -> None:
     path = write(tmp_path, CYCLE)
     line = assert_one_error_line(invoke("validate", str(path)))
-    assert line == f"devctl: error: {path}:2: dependency cycle: a -> c -> b -> a"  # line of step 'a'
+    assert line == f"devctl: error: {path}:2: circular dependency: a -> c -> b -> a"  # line of step 'a'
 
 
 def test_graph_errors_name_the_file_and_line_of_the_step(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         result = invoke(*args)
         assert result.exit_code == 2
         assert "Traceback" in result.stderr
-        assert result.stderr.rstrip().endswith(f"devctl: error: {path}:2: dependency cycle: a -> c -> b -> a")
+        assert result.stderr.rstrip().endswith(f"devctl: error: {path}:2: circular dependency: a -> c -> b -> a")
 
 
 # ---------------------------------------------------------------- run: options and dry-run

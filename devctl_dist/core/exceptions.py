@@ -44,7 +44,7 @@ class DependencyCycleError(GraphError):
 
     def __init__(self, cycle: list[str]) -> None:
         self.cycle = cycle
-        super().__init__("dependency cycle: " + " -> ".join(cycle))
+        super().__init__("circular dependency: " + " -> ".join(cycle))
 
 
 class MissingDependencyError(GraphError):

@@ -72,8 +72,10 @@ class WorkflowStepSchema(StrictModel):
 
     @model_validator(mode="after")
     def _command_xor_parallel(self) -> WorkflowStepSchema:
-        if (self.command is None) == (self.parallel is None):
-            raise ValueError("a step needs exactly one of 'command' or 'parallel'")
+        if self.command is None and self.parallel is None:
+            raise ValueError("a step must have either 'command' or 'parallel'")
+        if self.command is not None and self.parallel is not None:
+            raise ValueError("a step cannot have both 'command' and 'parallel'")
         if self.command is not None and not self.name:
             raise ValueError("a command step needs a 'name'")
         if self.command is not None and not self.command.strip():

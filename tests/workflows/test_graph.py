@@ -110,7 +110,7 @@ def test_cycle_is_named_in_depends_on_order_from_the_first_declared_step(
     with pytest.raises(DependencyCycleError) as caught:
         graph.validate()
     assert caught.value.cycle == cycle
-    assert str(caught.value) == "dependency cycle: " + " -> ".join(cycle)
+    assert str(caught.value) == "circular dependency: " + " -> ".join(cycle)
     assert isinstance(caught.value, GraphError)
     with pytest.raises(DependencyCycleError):
         graph.topological_sort()

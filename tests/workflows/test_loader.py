@@ -94,12 +94,12 @@ CASES = {
     ),
     "neither command nor parallel": (
         "steps:\n  - name: deploy\n    depends_on: [build]\n",
-        "deploy.yaml:2: step 'deploy': a step needs exactly one of 'command' or 'parallel'",
+        "deploy.yaml:2: step 'deploy': a step must have either 'command' or 'parallel'",
     ),
     "both command and parallel": (
         "steps:\n  - name: both\n    command: '!true'\n    parallel:\n      steps:\n"
         "        - name: inner\n          command: '!true'\n",
-        "deploy.yaml:2: step 'both': a step needs exactly one of 'command' or 'parallel'",
+        "deploy.yaml:2: step 'both': a step cannot have both 'command' and 'parallel'",
     ),
     "command step without a name": (
         "steps:\n  - name: a\n    command: '!true'\n  - command: '!false'\n",
@@ -116,7 +116,7 @@ CASES = {
     ),
     "unnamed hook step": (
         "steps:\n  - name: a\n    command: '!true'\non_success:\n  - retries: 1\n",
-        "deploy.yaml:5: on_success step #1: a step needs exactly one of 'command' or 'parallel'",
+        "deploy.yaml:5: on_success step #1: a step must have either 'command' or 'parallel'",
     ),
     "wrong type": (
         "steps:\n  - name: a\n    command: '!true'\n    timeout: soon\n",
