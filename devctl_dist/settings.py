@@ -7,8 +7,9 @@ Never print a URL from here without :func:`redact_url`: broker URLs carry passwo
 
 from __future__ import annotations
 
+import string
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,25 +17,87 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from devctl_dist.core.exceptions import UsageError
 
 _SECRET_QUERY_KEYS = {"password", "pass", "token", "secret"}
+_HOST_CHARS = frozenset(string.ascii_letters + string.digits + "-._%~")
+_SCHEME_CHARS = frozenset(string.ascii_letters + string.digits + "+.-")
+_HEX_COLON = frozenset(string.hexdigits + ":.%")
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with its password (in the netloc or the query) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{host}"
-    query = parts.query
+    """Return ``url`` with every password (in the userinfo or the query) replaced by ``***``.
+
+    Passwords are often not percent-encoded and may hold ``/ # ? @ :``, which
+    ends the authority early for ``urlsplit``: the userinfo is instead taken up
+    to the last ``@`` that is followed by a plausible ``host[:port]``. A URL we
+    cannot make sense of is redacted more, never less. Kombu's ``;``-separated
+    failover lists are redacted one by one.
+    """
+    urls: list[str] = []
+    for part in url.split(";"):
+        if urls and not _starts_with_scheme(part):
+            urls[-1] += ";" + part  # a ';' inside a password, not a separator
+        else:
+            urls.append(part)
+    return ";".join(_redact_one(one) for one in urls)
+
+
+def _starts_with_scheme(text: str) -> bool:
+    scheme, sep, _ = text.partition("://")
+    return bool(sep and scheme) and all(c in _SCHEME_CHARS for c in scheme)
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparsable url>" if "@" in url else url
+    at = _userinfo_end(rest)
+    prefix = ""
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        prefix = f"{user}:***@" if colon else f"{user}@"
+        rest = rest[at + 1 :]
+    return f"{scheme}://{prefix}{_redact_query(rest)}"
+
+
+def _userinfo_end(rest: str) -> int:
+    """Index of the ``@`` ending the userinfo in ``rest`` (after ``scheme://``), or -1."""
+    at = rest.rfind("@")
+    last = at
+    while at >= 0:
+        if _is_host_port(_authority_tail(rest[at + 1 :])):
+            return at
+        at = rest.rfind("@", 0, at)
+    return last
+
+
+def _authority_tail(text: str) -> str:
+    """``text`` up to the first ``/``, ``?`` or ``#``: what follows the userinfo in an authority."""
+    end = len(text)
+    for stop in "/?#":
+        found = text.find(stop)
+        if 0 <= found < end:
+            end = found
+    return text[:end]
+
+
+def _is_host_port(text: str) -> bool:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (empty host allowed, e.g. unix sockets)."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or not all(c in _HEX_COLON for c in host):
+            return False
+        return port == "" or (port.startswith(":") and port[1:].isdigit())
+    host, _, port = text.partition(":")
+    return all(c in _HOST_CHARS for c in host) and (port == "" or port.isdigit())
+
+
+def _redact_query(rest: str) -> str:
+    """Mask secret-looking query parameters in ``host/path?query#fragment``."""
+    before, hashmark, fragment = rest.partition("#")
+    head, question, query = before.partition("?")
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return f"{head}{question}{query}{hashmark}{fragment}"
 
 
 class Settings(BaseSettings):

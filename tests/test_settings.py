@@ -22,6 +22,27 @@ def test_redact_url_hides_passwords(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
+NASTY_PASSWORDS = ["s3c/ret", "a#b", "q?x=1", "p@ss", "c:o:l", "/#?@:", "x@h:1/y", "%2F@", "@", "a;b"]
+SCHEMES = ["redis", "rediss", "amqp", "amqps", "sentinel", "sqla+postgresql", "redis+socket"]
+
+
+@pytest.mark.parametrize("password", NASTY_PASSWORDS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_redact_url_hides_any_password_for_any_scheme(scheme: str, password: str) -> None:
+    url = f"{scheme}://user:{password}@host.example:6379/0?ssl_cert_reqs=none"
+    assert redact_url(url) == f"{scheme}://user:***@host.example:6379/0?ssl_cert_reqs=none"
+    assert redact_url(f"{scheme}://:{password}@[::1]:5672//") == f"{scheme}://:***@[::1]:5672//"
+
+
+def test_redact_url_handles_failover_lists_and_odd_inputs() -> None:
+    failover = "sentinel://:p/w@s1:26379;sentinel://:p#w@s2:26379"
+    assert redact_url(failover) == "sentinel://:***@s1:26379;sentinel://:***@s2:26379"
+    assert redact_url("redis://:pw@h/0?x=a@b") == "redis://:***@b"  # ambiguous: hide more, never less
+    assert redact_url("not a url") == "not a url"
+    assert redact_url("user:secret@host") == "<unparsable url>"
+    assert redact_url("amqp://guest:guest@rabbit//?token=t0k#frag") == "amqp://guest:***@rabbit//?token=***#frag"
+
+
 def test_defaults() -> None:
     settings = Settings()
     assert settings.broker_url == "redis://localhost:6379/0"
