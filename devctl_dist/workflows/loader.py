@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from devctl_dist.core.exceptions import WorkflowLoadError, WorkflowValidationError
+from devctl_dist.workflows.input_checks import MAX_DOCUMENT_BYTES, check_nodes, suggestion
 from devctl_dist.workflows.schema import WorkflowSchema
+from devctl_dist.workflows.validation import normalize
 
 Loc = tuple[int | str, ...]
 
@@ -72,7 +74,13 @@ def load_workflow(path: str | Path) -> WorkflowSchema:
 
 
 def load_workflow_text(text: str, source: str) -> WorkflowSchema:
-    """Parse and validate workflow YAML; ``source`` names it in error messages."""
+    """Parse and validate workflow YAML; ``source`` names it in error messages.
+
+    Unnamed parallel blocks come back named ``parallel-1``, ``parallel-2``... so
+    two of them are not duplicates.
+    """
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise WorkflowLoadError(f"file is too large (over {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB)", source)
     root, data = _parse_yaml(text, source)
     if root is None:
         raise WorkflowLoadError("file is empty (expected a mapping with 'steps')", source)
@@ -81,16 +89,20 @@ def load_workflow_text(text: str, source: str) -> WorkflowSchema:
         message = f"top level must be a mapping with 'steps' (got {_describe(data)})"
         raise WorkflowValidationError(message, source, line)
     try:
-        return WorkflowSchema.model_validate(data)
+        workflow = WorkflowSchema.model_validate(data)
     except ValidationError as error:
         raise _first_error(error, root, data, source) from None
+    return normalize(workflow)
 
 
 def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     """Compose the node tree (for lines) and construct the data from the same tree."""
-    loader = _StrictSafeLoader(text)
+    loader: _StrictSafeLoader | None = None
     try:
+        loader = _StrictSafeLoader(text)  # the reader checks every character here
         root = loader.get_single_node()
+        if root is not None:
+            check_nodes(root, source)
         data = loader.construct_document(root) if root is not None else None
     except _DuplicateKey as dup:
         message = f"duplicate key '{dup.key}' (first defined on line {dup.first_line})"
@@ -99,13 +111,16 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         raise _yaml_error(error, source) from None
     except yaml.reader.ReaderError as error:
         line = text[: error.position].count("\n") + 1
-        raise WorkflowLoadError(f"invalid YAML: {_one_line(error.reason)}", source, line) from None
+        what = f"character #x{error.character:04x}" if isinstance(error.character, int) else "character"
+        message = f"invalid YAML: control {what} is not allowed, even in a comment"
+        raise WorkflowLoadError(message, source, line) from None
     except yaml.YAMLError as error:
         raise WorkflowLoadError(f"invalid YAML: {_one_line(str(error))}", source) from None
     except RecursionError:
         raise WorkflowLoadError("invalid YAML: nested too deeply", source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return root, data
 
 
@@ -141,6 +156,8 @@ def _first_error(error: ValidationError, root: yaml.Node, data: Any, source: str
     _, line, _, first = min(located, key=lambda item: item[:3])
     step, rest = _enclosing_step(data, tuple(first["loc"]))
     message = _describe_error(first, rest)
+    if first["type"] == "extra_forbidden":
+        message += suggestion(tuple(first["loc"]))
     if step is not None:
         message = f"{step}: {message}"
     return WorkflowValidationError(message, source, line)

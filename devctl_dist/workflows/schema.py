@@ -7,12 +7,34 @@ forbids unknown keys so a typo is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import datetime
+import math
+import unicodedata
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BlockFailureMode = Literal["fail_all", "continue", "complete_running"]
 StepFailureMode = Literal["fail", "continue", "skip"]
+
+# Bounds on numbers a hostile or mistyped file could blow up (retry backoff
+# overflowed past attempt 1024; an infinite timeout cannot be sent to a worker).
+MAX_RETRIES = 100
+MAX_RETRY_DELAY = 3600.0
+MAX_TIMEOUT = 7 * 24 * 3600.0
+MAX_RATE_LIMIT = 1_000_000.0
+MAX_CONCURRENT = 100_000
+
+
+def _printable_name(value: str | None) -> str | None:
+    """Names appear in tables, logs and task ids: no control characters (terminal escapes)."""
+    if value is not None and any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise ValueError(f"{value!r} contains a control character")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_printable_name)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
 
 
 class StrictModel(BaseModel):
@@ -22,37 +44,48 @@ class StrictModel(BaseModel):
 class ParallelConfigSchema(StrictModel):
     """Run-wide limits: they hold across every block and the whole DAG."""
 
-    max_concurrent: int = Field(default=10, ge=1)
-    rate_limit: float | None = Field(default=None, gt=0)
+    max_concurrent: int = Field(default=10, ge=1, le=MAX_CONCURRENT)
+    rate_limit: float | None = Field(default=None, gt=0, le=MAX_RATE_LIMIT, allow_inf_nan=False)
     fail_fast: bool = True
 
 
 class ParallelBlockSchema(StrictModel):
     """Steps that run concurrently as one step of the outer sequence."""
 
-    name: str | None = None
+    name: Name | None = None
     steps: list[WorkflowStepSchema] = Field(min_length=1)
     on_failure: BlockFailureMode = "fail_all"
-    timeout: float | None = Field(default=None, gt=0)
-    max_concurrent: int | None = Field(default=None, ge=1)
+    timeout: Seconds | None = None
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
 
 
 class WorkflowStepSchema(StrictModel):
     """One step: a command (``!shell`` or a devctl command) or a parallel block."""
 
-    name: str | None = None
+    name: Name | None = None
     description: str | None = None
     command: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     condition: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    retries: int = Field(default=0, ge=0)
-    retry_delay: float = Field(default=1.0, ge=0)
+    timeout: Seconds | None = None
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_delay: float = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
     on_failure: StepFailureMode = "fail"
     env: dict[str, str] = Field(default_factory=dict)
-    queue: str | None = None
+    queue: Name | None = None
     parallel: ParallelBlockSchema | None = None
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[Name] = Field(default_factory=list)
+
+    @field_validator("params", mode="after")
+    @classmethod
+    def _json_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        checked: dict[str, Any] = json_value(value, "params")
+        return checked
+
+    @field_validator("env", mode="after")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_env(value)
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -119,6 +152,17 @@ class WorkflowSchema(StrictModel):
     def _env_to_str(cls, value: Any) -> Any:
         return _stringify_env(value)
 
+    @field_validator("env", mode="after")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_env(value)
+
+    @field_validator("vars", mode="after")
+    @classmethod
+    def _json_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
+        checked: dict[str, Any] = json_value(value, "vars")
+        return checked
+
     @property
     def is_dag(self) -> bool:
         """Any top-level ``depends_on`` switches the run to dependency-graph mode."""
@@ -138,6 +182,41 @@ def _stringify_env(value: Any) -> Any:
             for k, v in value.items()
         }
     return value
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Keys a process environment can carry: not empty, no ``=``, no NUL or control character."""
+    for key, value in env.items():
+        if not key or "=" in key or any(unicodedata.category(char) == "Cc" for char in key):
+            raise ValueError(f"invalid environment variable name {key!r}: no '=', no control characters")
+        if "\0" in value:
+            raise ValueError(f"environment variable {key!r}: a NUL character is not allowed")
+    return env
+
+
+def json_value(value: Any, where: str) -> Any:
+    """``value`` if JSON can carry it (dates become ISO text), else a ``ValueError`` naming the path.
+
+    Steps travel to workers as JSON: a YAML set, binary or non-string key would fail there.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value} is not allowed (JSON numbers are finite)")
+        return value
+    if isinstance(value, datetime.date):
+        return str(value)  # what the shell argument would have been
+    if isinstance(value, list):
+        return [json_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: keys must be strings (got {key!r})")
+        return {key: json_value(item, f"{where}.{key}") for key, item in value.items()}
+    kind = "a set" if isinstance(value, set | frozenset) else f"a {type(value).__name__} value"
+    kind = "binary data" if isinstance(value, bytes) else kind
+    raise ValueError(f"{where}: {kind} is not allowed (use strings, numbers, booleans, lists, mappings)")
 
 
 ParallelBlockSchema.model_rebuild()

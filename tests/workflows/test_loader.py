@@ -61,7 +61,7 @@ def test_valid_file_loads(in_tmp: Path) -> None:
 CASES = {
     "unknown key in a block step": (
         DEPLOY.replace("          command: argocd", "          comand: argocd"),
-        "deploy.yaml:18: step 'Deploy API': unknown key 'comand'",
+        "deploy.yaml:18: step 'Deploy API': unknown key 'comand' (did you mean 'command'?)",
     ),
     "bad step on_failure": (
         DEPLOY.replace("on_failure: continue", "on_failure: explode"),
@@ -86,11 +86,11 @@ CASES = {
     ),
     "unknown key in global parallel": (
         DEPLOY.replace("max_concurrent: 4", "max_concurent: 4"),
-        "deploy.yaml:4: unknown key 'max_concurent' in 'parallel'",
+        "deploy.yaml:4: unknown key 'max_concurent' in 'parallel' (did you mean 'max_concurrent'?)",
     ),
     "unknown top-level key wins over the missing one": (
         "name: x\nstepz:\n  - name: a\n    command: '!true'\n",
-        "deploy.yaml:2: unknown key 'stepz'",
+        "deploy.yaml:2: unknown key 'stepz' (did you mean 'steps'?)",
     ),
     "neither command nor parallel": (
         "steps:\n  - name: deploy\n    depends_on: [build]\n",
@@ -238,7 +238,7 @@ def test_absolute_path_is_named_as_given(tmp_path: Path) -> None:
 def test_load_text_uses_the_source_name() -> None:
     with pytest.raises(WorkflowValidationError) as caught:
         load_workflow_text("steps:\n  - name: a\n    comand: x\n", "<stdin>")
-    assert str(caught.value) == "<stdin>:3: step 'a': unknown key 'comand'"
+    assert str(caught.value) == "<stdin>:3: step 'a': unknown key 'comand' (did you mean 'command'?)"
 
 
 def test_first_error_in_the_file_is_reported(in_tmp: Path) -> None:
@@ -280,7 +280,8 @@ def test_merged_key_errors_point_into_the_file(in_tmp: Path) -> None:
     text = (
         "steps:\n  - &base\n    name: one\n    command: '!true'\n  - <<: *base\n    name: two\n    tries: 3\n"
     )
-    assert str(error_for(in_tmp, text)) == "deploy.yaml:7: step 'two': unknown key 'tries'"
+    expected = "deploy.yaml:7: step 'two': unknown key 'tries' (did you mean 'retries'?)"
+    assert str(error_for(in_tmp, text)) == expected
 
 
 def test_seed_parallel_block_example_loads(in_tmp: Path) -> None:
@@ -347,3 +348,30 @@ on_failure:
     assert (workflow.version, workflow.env) == ("1.2", {"PORT": "8080", "DEBUG": "true"})
     assert [s.on_failure for s in workflow.steps] == ["continue", "skip"]
     assert [s.name for s in workflow.on_success + workflow.on_failure] == ["Notify", "Page"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("steps:\n  - name: a\n    command: '!true'\n    timout: 3\n", "(did you mean 'timeout'?)"),
+        ("steps:\n  - name: a\n    command: '!true'\n    depend_on: [b]\n", "(did you mean 'depends_on'?)"),
+        ("parallel: {fail_fas: true}\nsteps: [{name: a, command: '!true'}]\n", "(did you mean 'fail_fast'?)"),
+        ("steps:\n  - parallel: {on_failur: x, steps: [{name: a, command: '!true'}]}\n", "'on_failure'?"),
+    ],
+)
+def test_unknown_key_suggests_the_closest_key_of_its_own_mapping(text: str, expected: str) -> None:
+    with pytest.raises(WorkflowValidationError) as caught:
+        load_workflow_text(text, "w.yaml")
+    assert str(caught.value).endswith(expected)
+
+
+def test_unknown_key_far_from_any_gets_no_suggestion() -> None:
+    with pytest.raises(WorkflowValidationError) as caught:
+        load_workflow_text("steps:\n  - name: a\n    command: '!true'\n    zzz: 1\n", "w.yaml")
+    assert str(caught.value) == "w.yaml:4: step 'a': unknown key 'zzz'"
+
+
+def test_unnamed_parallel_blocks_get_distinct_names() -> None:
+    block = "  - parallel: {steps: [{name: %s, command: '!true'}]}\n"
+    workflow = load_workflow_text("steps:\n" + block % "a" + block % "b", "w.yaml")
+    assert [step.display_name for step in workflow.steps] == ["parallel-1", "parallel-2"]
