@@ -356,7 +356,7 @@ on_failure:
         ("steps:\n  - name: a\n    command: '!true'\n    timout: 3\n", "(did you mean 'timeout'?)"),
         ("steps:\n  - name: a\n    command: '!true'\n    depend_on: [b]\n", "(did you mean 'depends_on'?)"),
         ("parallel: {fail_fas: true}\nsteps: [{name: a, command: '!true'}]\n", "(did you mean 'fail_fast'?)"),
-        ("steps:\n  - parallel: {on_failur: x, steps: [{name: a, command: '!true'}]}\n", "'on_failure'?"),
+        ("steps:\n  - parallel: {on_failur: x, steps: [{name: a, command: '!true'}]}\n", "'on_failure'?)"),
     ],
 )
 def test_unknown_key_suggests_the_closest_key_of_its_own_mapping(text: str, expected: str) -> None:
