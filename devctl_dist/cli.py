@@ -1,27 +1,35 @@
 """The ``devctl`` command line: parse options, call the engine, map errors to exit codes.
 
 Thin on purpose: every rule lives in the engine, every display in
-``core/output.py``. Exit codes: 0 success, 1 workflow failed, 2 invalid
-workflow or usage, 130 interrupted. Every ``DevctlError`` becomes one line on
-stderr (``devctl: error: ...``); ``--debug`` adds the traceback. The
-distributed modules are imported only by the commands that need them, so a
-local run never imports Celery.
+``core/output.py``. Exit codes: 0 success, 1 a step failed, 2 invalid workflow
+or usage, 3 infrastructure unavailable (broker, workers), 130 SIGINT, 143
+SIGTERM. Every error, Click's usage errors included, becomes one line on stderr
+(``devctl: error: ...``); ``--debug`` adds the traceback. The distributed
+modules are imported only by the commands that need them, so a local run never
+imports Celery.
 """
 
 from __future__ import annotations
 
-import logging
+import signal
 import sys
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from devctl_dist.cli_errors import CliState, DevctlGroup, one_line, report
 from devctl_dist.cli_help import EPILOG_GRAPH, EPILOG_MAIN, EPILOG_RUN, EPILOG_VALIDATE, HELP, RUN_HELP
+from devctl_dist.cli_support import PipeSafeStream, expand_paths, parse_vars
 from devctl_dist.core.exceptions import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    BrokerUnavailableError,
     DependencyCycleError,
     DevctlError,
     DuplicateStepError,
@@ -45,80 +53,13 @@ from devctl_dist.workflows.loader import load_workflow, locate_step
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import validate_workflow
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
+if TYPE_CHECKING:
+    from devctl_dist.workflows.results import RunResult
+
+__all__ = ["cli", "main", "parse_vars"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-# ---------------------------------------------------------------- error handling
-
-
-@dataclass
-class CliState:
-    """Per-invocation state shared by the group and its commands (``ctx.obj``)."""
-
-    debug: bool = False
-
-    def enable_debug(self) -> None:
-        self.debug = True
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
-def one_line(message: str) -> str:
-    """Fold a message onto one line: a user reads one line per error."""
-    return "; ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
-
-
-class DevctlGroup(click.Group):
-    """A Click group that turns every error into one stderr line and an exit code."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        state = CliState()
-        extra.setdefault("obj", state)
-        code = _invoke_reporting_errors(
-            lambda: super(DevctlGroup, self).main(
-                args, prog_name or "devctl", complete_var, standalone_mode=False, **extra
-            ),
-            state,
-        )
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _invoke_reporting_errors(call: Callable[[], Any], state: CliState) -> int:
-    try:
-        result = call()
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.Abort:
-        click.echo("devctl: interrupted", err=True)
-        return EXIT_INTERRUPTED
-    except DevctlError as exc:
-        _report(exc, state, f"devctl: error: {one_line(str(exc))}")
-        return exc.exit_code
-    except Exception as exc:  # a bug, not a bad input: still one line unless --debug
-        hint = "" if state.debug else " (rerun with --debug for the traceback)"
-        _report(exc, state, f"devctl: internal error: {type(exc).__name__}: {one_line(str(exc))}{hint}")
-        return EXIT_FAILED
-    return result if isinstance(result, int) else EXIT_OK
-
-
-def _report(exc: BaseException, state: CliState, line: str) -> None:
-    if state.debug:
-        traceback.print_exception(exc, file=sys.stderr)
-    click.echo(line, err=True)
+BROKER_LOST_PREFIX = "step lost: the broker restarted"  # CeleryRunner's error for such steps
 
 
 @contextmanager
@@ -132,20 +73,12 @@ def invalid_input() -> Iterator[None]:
         raise WorkflowError(str(exc)) from exc
 
 
-def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` pairs; split at the first ``=``, values stay strings (``a=b=c`` gives ``b=c``)."""
-    values: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--var {pair!r}: expected KEY=VALUE (for example --var env=prod)")
-        values[key] = value
-    return values
-
-
 def load_checked(path: str) -> tuple[WorkflowSchema, list[str]]:
-    """Load and validate a workflow file; returns it with its warnings. Raises exit-2 errors."""
+    """Load and validate a workflow file; returns it with its warnings. Raises exit-2 errors.
+
+    Every command that reads a workflow goes through here, so each reports a bad
+    file the same way: ``FILE:LINE: message``.
+    """
     with invalid_input():
         workflow = load_workflow(path)
         try:
@@ -275,8 +208,9 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     from devctl_dist.workflows.engine import WorkflowEngine  # validate/graph need no engine
 
     runner = celery_runner(options.broker, resume=options.resume is not None) if options.distributed else None
+    stdout: Any = PipeSafeStream(sys.stdout)  # `devctl run x | head -1`: the run goes on, quietly
     listeners = make_listeners(
-        options.output, results_file=options.results_file, stream=sys.stdout, is_tty=sys.stdout.isatty()
+        options.output, results_file=options.results_file, stream=stdout, is_tty=sys.stdout.isatty()
     )
     with invalid_input():
         engine = WorkflowEngine(
@@ -294,9 +228,51 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
         finalize(listeners, None)
         raise
     finalize(listeners, result)
+    code = run_exit_code(result)
+    if code == EXIT_FAILED and options.distributed:
+        raise_if_broker_lost(options.broker, result)
+    return code
+
+
+def run_exit_code(result: RunResult) -> int:
+    """0 success, 1 a step failed, 130 SIGINT, 143 SIGTERM (the shell's 128 + signal number)."""
     if result.interrupted:
-        return EXIT_INTERRUPTED
+        signum = getattr(result, "signal", None)  # RunResult.signal: which signal interrupted the run
+        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def raise_if_broker_lost(broker: str | None, result: RunResult) -> None:
+    """A failed distributed run caused by losing Redis is exit 3 (retry), not exit 1 (a step failed).
+
+    Two signs: steps the broker lost when it restarted, or a broker that no longer answers.
+    """
+    from devctl_dist.settings import load_settings, redact_url
+
+    url = (load_settings(broker_url=broker) if broker else load_settings()).broker_url
+    lost = [r.name for r in result.steps.values() if (r.error or "").startswith(BROKER_LOST_PREFIX)]
+    if lost:
+        shown = ", ".join(f"'{name}'" for name in lost[:3]) + (", ..." if len(lost) > 3 else "")
+        raise BrokerUnavailableError(
+            f"broker {redact_url(url)} restarted during the run and lost {len(lost)} step(s) ({shown}): "
+            "run again; run Redis with appendonly yes"
+        )
+    if not _broker_answers(url):
+        raise BrokerUnavailableError(
+            f"lost the broker {redact_url(url)} during the run: run again when it is back"
+        )
+
+
+def _broker_answers(url: str) -> bool:
+    import redis  # only after a failed distributed run
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
 
 
 def celery_runner(broker: str | None, *, resume: bool = False) -> StepRunner:
@@ -313,13 +289,43 @@ def celery_runner(broker: str | None, *, resume: bool = False) -> StepRunner:
 
 
 @click.command("validate", epilog=EPILOG_VALIDATE)
-@click.argument("file", type=click.Path(dir_okay=False))
-def validate_command(file: str) -> None:
-    """Check a workflow file: schema, unique names, dependencies, cycles, commands."""
-    workflow, warnings = load_checked(file)
-    click.echo(f"OK: {file}: {count_steps(workflow)} steps ({workflow_mode(workflow)})")
-    for warning in warnings:
-        click.echo(f"warning: {warning}")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--var", "-v", "variables", multiple=True, metavar="KEY=VALUE", help=HELP["validate-var"])
+@click.pass_obj
+def validate_command(state: CliState, files: tuple[str, ...], variables: tuple[str, ...]) -> None:
+    """Check workflow files: schema, names, dependencies, cycles, templates, commands.
+
+    One line per file (OK or the error); exit 2 if any file is invalid.
+    """
+    names = parse_vars(variables)
+    code = EXIT_OK
+    for path, matched in expand_paths(files):
+        try:
+            if not matched:
+                raise WorkflowError(f"{path}: no file matches")
+            lines = validate_file(path, names)
+        except DevctlError as exc:  # report it and go on: CI wants every bad file at once
+            report(exc, state, f"devctl: error: {one_line(str(exc))}")
+            code = EXIT_INVALID
+            continue
+        for line in lines:
+            click.echo(line)
+    click.get_current_context().exit(code)
+
+
+def validate_file(path: str, variables: Collection[str]) -> list[str]:
+    """The OK line and warnings for one file; raises (exit 2) what a run would fail on."""
+    from devctl_dist.workflows.lint import lint_workflow  # Jinja2: only when a file loaded
+
+    workflow, warnings = load_checked(path)
+    problems = lint_workflow(workflow, variables)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        line = locate_step(path, first.step) if first.step else None
+        raise WorkflowValidationError(f"{first}{more}", path, line)
+    ok = f"OK: {path}: {count_steps(workflow)} steps ({workflow_mode(workflow)})"
+    return [ok, *(f"warning: {path}: {warning}" for warning in warnings)]
 
 
 @click.command("graph", epilog=EPILOG_GRAPH)
@@ -329,8 +335,11 @@ def validate_command(file: str) -> None:
 )
 def graph_command(file: str, fmt: str) -> None:
     """Draw a workflow: steps, parallel blocks (as clusters) and dependencies."""
+    workflow, warnings = load_checked(file)
+    for warning in warnings:
+        click.echo(f"devctl: warning: {warning}", err=True)
     with invalid_input():
-        text = format_graph(load_workflow(file), fmt)
+        text = format_graph(workflow, fmt)
     click.echo(text, nl=False)
 
 

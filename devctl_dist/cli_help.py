@@ -5,7 +5,9 @@ theirs in ``devctl_dist.service_commands``.
 """
 
 HELP = {
-    "var": "Set a template variable (repeatable); overrides the file's vars.",
+    "var": "Set a template variable (repeatable); overrides the file's vars. Typed like YAML: "
+    "n=10 is the integer 10, flag=true a boolean, v=\"'10'\" the string 10; 1.10 and 007 stay strings.",
+    "validate-var": "A variable the run will get with --var (repeatable): its name counts as defined.",
     "dry-run": "Print the planned waves under the concurrency cap; run nothing.",
     "output": "table: live table (plain lines when stdout is not a terminal); plain: timestamped lines; "
     "json: one JSON result document on stdout.",
@@ -24,11 +26,13 @@ Examples:
   devctl run deploy.yaml --var env=prod        run with a live table
   devctl run deploy.yaml --dry-run             show the planned waves, run nothing
   devctl run deploy.yaml --output json         one JSON document on stdout
-  devctl validate deploy.yaml                  check a file (exit 2 if invalid)
+  devctl validate workflows/*.yaml             check files (exit 2 if any is invalid)
   devctl graph deploy.yaml --format mermaid    draw the workflow
   devctl worker --queues default,gpu           serve steps for --distributed runs
 \b
-Exit codes: 0 success, 1 workflow failed, 2 invalid workflow or usage, 130 interrupted.
+Exit codes: 0 success, 1 a step failed, 2 invalid workflow or usage, 3 infrastructure
+unavailable (broker unreachable, no worker answered, Redis lost mid-run: retry), 130 SIGINT
+(Ctrl-C), 143 SIGTERM.
 """
 
 RUN_HELP = """Run a workflow file.
@@ -48,15 +52,22 @@ Examples:
   devctl run deploy.yaml --results-file result.json --rate-limit 5
   devctl run deploy.yaml --distributed --broker redis://redis:6379/0
 \b
-Exit codes: 0 success, 1 a step failed, 2 invalid workflow or usage, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 a step failed, 2 invalid workflow or usage, 3 infrastructure
+unavailable (broker unreachable, no worker answered, Redis lost mid-run: retry), 130 SIGINT
+(Ctrl-C), 143 SIGTERM.
 """
 
 EPILOG_VALIDATE = """\b
 Examples:
   devctl validate deploy.yaml
-  for f in workflows/*.yaml; do devctl validate "$f" || exit 2; done
+  devctl validate workflows/*.yaml 'more/**/*.yaml'     quoted globs are expanded too
+  devctl validate deploy.yaml --var version=1.4.2       {{ version }} counts as defined
 \b
-Prints "OK: FILE: N steps (mode)" and any warnings; exit 2 with one error line if invalid.
+One line per file: "OK: FILE: N steps (mode)" on stdout, or "devctl: error: FILE:LINE: ..."
+on stderr; warnings (unknown devctl commands) follow the OK line. Exit 2 if any file is
+invalid. Besides the schema and the graph it catches what a run would fail on: undefined
+template variables, template syntax errors, and results['x'] naming no step or, in a
+dependency graph, a step that is not an ancestor.
 """
 
 EPILOG_GRAPH = """\b

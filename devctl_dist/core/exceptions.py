@@ -2,9 +2,18 @@
 
 The CLI maps each leaf to an exit code and prints ``str(error)`` as one line, so
 every message must stand alone: name the file, line, step or URL it is about.
+The exit codes are a contract with CI scripts (retry on 3, and only on 3), so
+they live here, next to the errors that carry them.
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a step failed
+EXIT_INVALID = 2  # invalid workflow or usage
+EXIT_UNAVAILABLE = 3  # infrastructure unavailable: broker, workers
+EXIT_SIGINT = 130  # 128 + SIGINT
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 class DevctlError(Exception):
@@ -16,7 +25,7 @@ class DevctlError(Exception):
 class WorkflowError(DevctlError):
     """The workflow file or its contents are invalid (exit code 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_INVALID
 
 
 class WorkflowLoadError(WorkflowError):
@@ -67,7 +76,7 @@ class DuplicateStepError(GraphError):
 class UsageError(DevctlError):
     """Bad command-line usage (exit code 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_INVALID
 
 
 class TemplateError(DevctlError):
@@ -92,13 +101,17 @@ class ParallelExecutionError(DevctlError):
     """The scheduler hit an internal inconsistency; never a user input problem."""
 
 
-class BrokerUnavailableError(DevctlError):
-    """Distributed mode cannot reach its broker or finds no worker (exit code 2)."""
+class InfrastructureError(DevctlError):
+    """Something devctl needs (not the workflow) is unavailable; retrying later may succeed (exit 3)."""
 
-    exit_code = 2
+    exit_code = EXIT_UNAVAILABLE
+
+
+class BrokerUnavailableError(InfrastructureError):
+    """Distributed mode cannot reach its broker, finds no worker, or lost the broker mid-run (exit 3)."""
 
 
 class RunInterrupted(DevctlError):
     """The run was interrupted (Ctrl-C / SIGTERM); exit code 130."""
 
-    exit_code = 130
+    exit_code = EXIT_SIGINT

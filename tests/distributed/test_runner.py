@@ -154,7 +154,7 @@ def test_unreachable_broker_fails_fast_with_one_line() -> None:
         "cannot reach broker redis://user:***@127.0.0.1:1/0 (connection refused): "
         "start Redis or set DEVCTL_BROKER_URL"
     )
-    assert caught.value.exit_code == 2
+    assert caught.value.exit_code == 3  # infrastructure unavailable
 
 
 def test_no_worker_fails_fast_with_one_line(redis_url: str) -> None:

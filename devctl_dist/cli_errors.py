@@ -1,0 +1,112 @@
+"""How ``devctl`` reports errors: one line on stderr and an exit code, whatever went wrong.
+
+Every ``DevctlError`` and every Click usage error becomes ``devctl: error: ...``
+(``--debug`` adds the traceback); a bug becomes ``devctl: internal error: ...``.
+A reader that leaves early (``devctl ... | head -1``) ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from devctl_dist.cli_support import silence_stdout
+from devctl_dist.core.exceptions import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, DevctlError
+
+
+@dataclass
+class CliState:
+    """Per-invocation state shared by the group and its commands (``ctx.obj``)."""
+
+    debug: bool = False
+
+    def enable_debug(self) -> None:
+        self.debug = True
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def one_line(message: str) -> str:
+    """Fold a message onto one line: a user reads one line per error."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+
+
+class DevctlGroup(click.Group):
+    """A Click group that turns every error into one stderr line and an exit code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        state = CliState()
+        extra.setdefault("obj", state)
+        code = _invoke_reporting_errors(
+            lambda: super(DevctlGroup, self).main(
+                args, prog_name or "devctl", complete_var, standalone_mode=False, **extra
+            ),
+            state,
+        )
+        flush_stdout()
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _invoke_reporting_errors(call: Callable[[], Any], state: CliState) -> int:
+    try:
+        result = call()
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `devctl`: the help is the answer
+        exc.show()
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors too: one line, like every other error
+        report(exc, state, f"devctl: error: {_click_message(exc)}")
+        return exc.exit_code
+    except click.Abort:
+        click.echo("devctl: interrupted", err=True)
+        return EXIT_SIGINT
+    except BrokenPipeError:  # stdout's reader left (`| head`): end quietly
+        silence_stdout()
+        return EXIT_FAILED
+    except DevctlError as exc:
+        report(exc, state, f"devctl: error: {one_line(str(exc))}")
+        return exc.exit_code
+    except Exception as exc:  # a bug, not a bad input: still one line unless --debug
+        hint = "" if state.debug else " (rerun with --debug for the traceback)"
+        report(exc, state, f"devctl: internal error: {type(exc).__name__}: {one_line(str(exc))}{hint}")
+        return EXIT_FAILED
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _click_message(exc: click.ClickException) -> str:
+    """Click's message, lower-cased like ours, plus where to find help for a usage error."""
+    message = one_line(exc.format_message()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
+def flush_stdout() -> None:
+    """Flush now, so a reader that left (`| head -1`) cannot make the interpreter's exit flush complain."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+    except (OSError, ValueError):  # closed or not a real stream: nothing left to flush
+        pass
+
+
+def report(exc: BaseException, state: CliState, line: str) -> None:
+    if state.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    click.echo(line, err=True)
