@@ -54,6 +54,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": dict(transport),
         "result_backend_transport_options": dict(transport),
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,  # a worker outlives a broker outage of any length
+        "worker_cancel_long_running_tasks_on_connection_loss": False,  # steps go on through a blip
         "worker_hijack_root_logger": True,
         "enable_utc": True,
     }

@@ -32,7 +32,7 @@ from celery.signals import celeryd_init, task_failure, task_revoked
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from devctl_dist.distributed import procs
+from devctl_dist.distributed import kombu_patch, procs
 from devctl_dist.distributed.app import TASK_NAME, settings_of
 from devctl_dist.distributed.state import WorkerState
 from devctl_dist.runners.base import StepOutcome, StepSpec
@@ -199,6 +199,7 @@ def register_tasks(app: Celery) -> None:
 
 def _remember_worker_name(sender: str, **_: Any) -> None:
     _worker_name[:] = [str(sender)]
+    kombu_patch.apply()  # a broker blip must not kill the worker (see kombu_patch)
 
 
 def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
