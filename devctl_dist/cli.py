@@ -299,6 +299,7 @@ def validate_command(state: CliState, files: tuple[str, ...], variables: tuple[s
     """
     names = parse_vars(variables)
     code = EXIT_OK
+    out: Any = PipeSafeStream(sys.stdout)  # `| head -1` must not change the verdict on the other files
     for path, matched in expand_paths(files):
         try:
             if not matched:
@@ -309,7 +310,7 @@ def validate_command(state: CliState, files: tuple[str, ...], variables: tuple[s
             code = EXIT_INVALID
             continue
         for line in lines:
-            click.echo(line)
+            click.echo(line, file=out)
     click.get_current_context().exit(code)
 
 
