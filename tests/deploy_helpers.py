@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 ENTRYPOINT = ROOT / "workers" / "entrypoint.sh"
+COMPOSE = ROOT / "docker-compose.yml"
 PLACEHOLDER = "CHANGE_ME"
 
 
@@ -19,8 +21,9 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
-    files = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
-    return [(p.name, doc) for p in files for doc in load_docs(p)]
+    """Every Kubernetes object under deploy/ (kustomizations aside), with its path below deploy/."""
+    files = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+    return [(str(p.relative_to(DEPLOY)), doc) for p in files for doc in load_docs(p)]
 
 
 def find(kind: str, name: str | None = None) -> dict[str, Any]:
@@ -32,3 +35,23 @@ def find(kind: str, name: str | None = None) -> dict[str, Any]:
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = doc["spec"]["template"]["spec"]
     return spec
+
+
+def compose() -> dict[str, Any]:
+    docs = load_docs(COMPOSE)
+    assert len(docs) == 1
+    return docs[0]
+
+
+def seconds(duration: str) -> int:
+    """Compose durations such as ``10m`` or ``1h30m``."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, f"bad duration {duration!r}"
+    h, m, s = (int(x or 0) for x in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+def env_default(value: str) -> str:
+    """The default of a compose ``${VAR:-default}`` reference, or the value itself."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", str(value))
+    return match.group(1) if match else str(value)

@@ -1,9 +1,9 @@
 """The deployment files (compose, Kubernetes manifests, worker image) hold together.
 
-There is no Docker engine or cluster here: every YAML file is parsed, the facts that
-make scaling, signals and security work are asserted, and ``kubectl kustomize`` builds
-the manifests when kubectl is installed. The image's entrypoint and commands run for
-real in tests/test_worker_image.py.
+There is no Docker engine or cluster here: every YAML file is parsed and the facts that
+make scaling, signals and security work are asserted. ``kubectl kustomize`` builds the
+manifests in tests/test_kustomize.py; compose is checked in tests/test_compose_file.py.
+The image's entrypoint and commands run for real in tests/test_worker_image.py.
 """
 
 from __future__ import annotations
@@ -11,21 +11,29 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-import shutil
-import subprocess
 from typing import Any
 
-import pytest
 import yaml
 
 from devctl_dist.settings import Settings
 from devctl_dist.workflows.schema import WorkflowSchema
-from tests.deploy_helpers import DEPLOY, ENTRYPOINT, PLACEHOLDER, ROOT, find, k8s_docs, load_docs, pod_spec
+from tests.deploy_helpers import (
+    COMPOSE,
+    DEPLOY,
+    ENTRYPOINT,
+    PLACEHOLDER,
+    ROOT,
+    compose,
+    find,
+    k8s_docs,
+    load_docs,
+    pod_spec,
+)
 
-COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "workers" / "Dockerfile"
-NOT_IN_KUSTOMIZATION = {"secret.example.yaml", "coordinator-job.yaml", "kustomization.yaml"}
+NOT_IN_KUSTOMIZATION = {"secret.example.yaml", "kustomization.yaml"}
 CLUSTER_SCOPED = {"Namespace"}
+PINNED_TAG = re.compile(r"\d+\.\d+[\w.-]*")  # a version such as 0.1.0 or 7.4.2, never `latest` or `7`
 CONTAINER_KEYS = {
     "name", "image", "imagePullPolicy", "args", "command", "env", "envFrom", "ports", "resources",
     "readinessProbe", "livenessProbe", "startupProbe", "securityContext", "volumeMounts",
@@ -40,80 +48,6 @@ def containers() -> list[tuple[str, dict[str, Any]]]:
         if d["kind"] in kinds
         for c in pod_spec(d)["containers"]
     ]
-
-
-def compose() -> dict[str, Any]:
-    docs = load_docs(COMPOSE)
-    assert len(docs) == 1
-    return docs[0]
-
-
-def seconds(duration: str) -> int:
-    """Compose durations such as ``10m`` or ``1h30m``."""
-    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
-    assert parts and duration, f"bad duration {duration!r}"
-    h, m, s = (int(x or 0) for x in parts.groups())
-    return h * 3600 + m * 60 + s
-
-
-# --- docker-compose.yml -------------------------------------------------------------
-
-
-def test_compose_has_the_services_and_builds_the_worker_image() -> None:
-    services = compose()["services"]
-    assert {"redis", "worker", "flower", "coordinator"} <= set(services)
-    for name in ("worker", "flower", "coordinator"):
-        assert services[name]["build"] == {"context": ".", "dockerfile": "workers/Dockerfile"}
-    assert "version" not in compose()
-
-
-def test_compose_redis_is_persistent_and_healthchecked() -> None:
-    redis = compose()["services"]["redis"]
-    command = " ".join(redis["command"])
-    assert "--appendonly yes" in command
-    assert "--maxmemory-policy noeviction" in command
-    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
-    assert any(v.endswith(":/data") for v in redis["volumes"])
-    assert "ports" not in redis, "Redis stays on the compose network"
-
-
-def test_compose_worker_scales_and_drains() -> None:
-    worker = compose()["services"]["worker"]
-    assert "container_name" not in worker and "ports" not in worker
-    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert worker["environment"]["DEVCTL_BROKER_URL"] == "redis://redis:6379/0"
-    assert seconds(worker["stop_grace_period"]) >= 300
-    assert "command" not in worker, "the entrypoint's default is the worker command"
-
-
-def test_compose_flower_is_loopback_only_with_auth_from_env() -> None:
-    flower = compose()["services"]["flower"]
-    assert flower["command"][:3] == ["flower", "--port", "5555"]
-    assert flower["ports"], "Flower publishes its port"
-    for port in flower["ports"]:
-        host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
-        assert host_ip == "127.0.0.1"
-    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH[^}]*\}", flower["environment"]["FLOWER_BASIC_AUTH"])
-
-
-def test_compose_coordinator_is_a_tool_with_read_only_examples() -> None:
-    coordinator = compose()["services"]["coordinator"]
-    assert coordinator["profiles"] == ["tools"]
-    assert "./examples:/workspace/examples:ro" in coordinator["volumes"]
-    assert coordinator["depends_on"]["redis"]["condition"] == "service_healthy"
-
-
-def test_compose_settings_are_real_settings_that_agree() -> None:
-    env = compose()["services"]["worker"]["environment"]
-    entrypoint_vars = {"DEVCTL_QUEUES", "DEVCTL_CONCURRENCY"}
-    defaults: dict[str, str] = {}
-    for key, value in env.items():
-        if key in entrypoint_vars:
-            continue
-        assert key.removeprefix("DEVCTL_").lower() in Settings.model_fields, key
-        default = re.fullmatch(r"\$\{\w+:-(.*)\}", str(value))
-        defaults[key.removeprefix("DEVCTL_").lower()] = default.group(1) if default else value
-    Settings.model_validate(defaults)  # raises when task_time_limit >= visibility_timeout
 
 
 # --- deploy/ (Kubernetes) -----------------------------------------------------------
@@ -135,17 +69,19 @@ def test_kustomization_lists_the_long_running_manifests() -> None:
     assert kustomization["namespace"] == "devctl"
     expected = {p.name for p in DEPLOY.glob("*.yaml")} - NOT_IN_KUSTOMIZATION
     assert set(kustomization["resources"]) == expected
+    assert kustomization["components"] == ["image"]
+    assert "images" not in kustomization, "the image is set once, in deploy/image/"
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_kustomize_builds_the_manifests() -> None:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
-    kinds = sorted(d["kind"] for d in yaml.safe_load_all(out) if d)
-    assert kinds.count("Deployment") == 2
-    assert {"Namespace", "ConfigMap", "StatefulSet", "ScaledObject", "TriggerAuthentication"} <= set(kinds)
-    assert "Secret" not in kinds and "Job" not in kinds
+def test_coordinator_has_its_own_kustomization_sharing_the_image() -> None:
+    (kustomization,) = load_docs(DEPLOY / "coordinator" / "kustomization.yaml")
+    assert kustomization["namespace"] == "devctl"
+    assert kustomization["resources"] == ["job.yaml"]
+    assert kustomization["components"] == ["../image"]
+    (component,) = load_docs(DEPLOY / "image" / "kustomization.yaml")
+    assert component["kind"] == "Component"
+    (image,) = component["images"]
+    assert image["name"] == "devctl-worker" and PINNED_TAG.fullmatch(str(image["newTag"]))
 
 
 def test_containers_use_known_fields_and_run_as_non_root() -> None:
@@ -172,7 +108,6 @@ def test_redis_statefulset_persists_with_noeviction() -> None:
 def test_worker_deployment_runs_devctl_worker_with_probes() -> None:
     worker = find("Deployment", "devctl-worker")
     spec = pod_spec(worker)
-    assert spec["terminationGracePeriodSeconds"] >= 300
     assert "replicas" not in worker["spec"], "KEDA owns the replica count"
     (container,) = spec["containers"]
     assert container["args"][:3] == ["worker", "--queues", "default"]
@@ -256,6 +191,59 @@ def test_referenced_secret_keys_exist_in_the_example() -> None:
         assert ref["key"] in example[ref["name"]]["stringData"], ref
 
 
+# --- scale-in never kills a running step --------------------------------------------
+
+
+def test_worker_grace_period_covers_the_maximum_step_time() -> None:
+    config = Settings.model_validate(
+        {k.removeprefix("DEVCTL_").lower(): v for k, v in find("ConfigMap", "devctl-config")["data"].items()}
+    )
+    grace = pod_spec(find("Deployment", "devctl-worker"))["terminationGracePeriodSeconds"]
+    assert grace >= config.hard_time_limit + config.kill_grace + 30
+    assert config.hard_time_limit < config.visibility_timeout
+
+
+def test_worker_pod_disruption_budget_selects_the_workers() -> None:
+    budget = find("PodDisruptionBudget", "devctl-worker")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    worker = find("Deployment", "devctl-worker")
+    assert budget["spec"]["selector"] == worker["spec"]["selector"]
+
+
+def test_keda_scale_in_is_slow_and_its_comment_says_what_cooldown_does() -> None:
+    spec = find("ScaledObject")["spec"]
+    assert spec["minReplicaCount"] >= 1
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert 0 < scale_down["stabilizationWindowSeconds"] <= 3600  # the HPA rejects more
+    assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    text = (DEPLOY / "worker-scaledobject.yaml").read_text()
+    field = re.search(r"^ +cooldownPeriod: \d+$", text, re.M)
+    assert field
+    lines = text[: field.start()].splitlines()
+    comment = " ".join(line.strip("# ") for line in lines[-4:])
+    assert "only applies to scaling to ZERO" in comment and "stabilizationWindowSeconds" in comment
+
+
+def test_every_image_is_pinned() -> None:
+    for owner, container in containers():
+        name, _, tag = container["image"].rpartition(":")
+        assert name and PINNED_TAG.fullmatch(tag), f"{owner}: {container['image']}"
+
+
+def test_docs_agree_on_a_killed_worker() -> None:
+    """Every text that says what happens to a killed worker's step says it fails as lost."""
+    texts = {
+        path.name: path.read_text()
+        for path in (COMPOSE, DEPLOY / "worker-deployment.yaml", ROOT / "docs" / "deploy.md")
+    }
+    texts["distributed.md"] = (ROOT / "docs" / "distributed.md").read_text()
+    for name, text in texts.items():
+        assert "was lost" in text, name
+        for line in text.splitlines():
+            assert not re.search(r"(killed|stopped|lost|dies).*re-?deliver", line, re.I), f"{name}: {line}"
+
+
 # --- no credentials anywhere --------------------------------------------------------
 
 
@@ -313,7 +301,7 @@ def test_no_plaintext_password_in_any_yaml() -> None:
 
 
 def test_no_password_in_any_url() -> None:
-    files = [COMPOSE, DOCKERFILE, ENTRYPOINT, ROOT / "docs" / "deploy.md", *DEPLOY.glob("*.yaml")]
+    files = [COMPOSE, DOCKERFILE, ENTRYPOINT, ROOT / "docs" / "deploy.md", *DEPLOY.rglob("*.yaml")]
     url_password = re.compile(r"\w+://[^/\s:@]*:([^@\s/]+)@")
     for path in files:
         for match in url_password.finditer(path.read_text()):
@@ -331,7 +319,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
     steps = dockerfile_instructions()
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    op, base = steps[0]
+    assert op == "FROM" and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), "a pinned base image"
     users = [arg for op, arg in steps if op == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     last_user = max(i for i, (op, _) in enumerate(steps) if op == "USER")
