@@ -7,6 +7,8 @@ its exit status, what reaches stderr, what a closed pipe or a signal does to it.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ import pytest
 import yaml
 
 from devctl_dist.cli_support import expand_paths, typed_value
+from tests.distributed.cluster import SESSION, RedisServer, WorkerFactory
+from tests.evidence import pid_alive, wait_for_pids, wait_gone
 
 DEVCTL = str(Path(sys.executable).with_name("devctl"))
 
@@ -234,3 +238,85 @@ def test_every_command_piped_into_head_ends_quietly(tmp_path: Path) -> None:
         assert code == 0, (args, code, stderr)
         assert stderr == "", (args, stderr)  # no BrokenPipeError, no "Exception ignored"
     assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-0", "ran-1", "ran-2"]  # the run went on
+
+
+# ---------------------------------------------------------------- exit codes of signals and infrastructure
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_the_run_with_128_plus_its_number(tmp_path: Path, signum: int, code: int) -> None:
+    data = {
+        "steps": [
+            {"name": "sleeper", "command": f"!echo $$ > {tmp_path}/pid; exec sleep 60"},
+            {"name": "never", "command": f"!touch {tmp_path}/never"},
+        ]
+    }
+    path = write(tmp_path / "wf.yaml", data)
+    proc = subprocess.Popen(
+        [DEVCTL, "run", str(path), "-o", "plain"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        (pid,) = wait_for_pids(tmp_path / "pid", 1)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, (out, err)
+    assert "Traceback" not in err
+    assert wait_gone([pid], 10) == [], f"step process {pid} survived"
+    assert not pid_alive(pid) and not (tmp_path / "never").exists()
+
+
+@pytest.mark.distributed
+def test_losing_the_broker_mid_run_exits_3(worker_factory: WorkerFactory, tmp_path: Path) -> None:
+    """Redis restarts (no persistence) while one step runs and one waits in the queue: the queued one
+    is lost with it. That is the infrastructure's fault, so exit 3 (CI retries), not 1."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs the redis-server binary to restart a private Redis")
+    server = RedisServer.start(binary)
+    try:
+        url, queue = server.url(0), f"t{SESSION}-cli-lost"
+        worker_factory(queues=[queue], concurrency=1, label="cli-lost", broker_url=url)
+        steps = [{"name": n, "command": f"!echo $$ > {tmp_path}/pid-{n}; sleep 4"} for n in ("a", "b")]
+        path = write(
+            tmp_path / "wf.yaml", {"steps": [{"parallel": {"on_failure": "continue", "steps": steps}}]}
+        )
+        env = {"DEVCTL_BROKER_URL": url, "DEVCTL_DEFAULT_QUEUE": queue, "DEVCTL_RECONCILE_INTERVAL": "1"}
+        proc = subprocess.Popen(
+            [DEVCTL, "run", str(path), "--distributed", "-o", "plain"],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            running = _first_to_start(tmp_path, ("a", "b"))  # one pool process: the other waits in the queue
+            time.sleep(0.5)
+            server.crash_and_restart(binary)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        server.stop()
+    queued = "b" if running == "a" else "a"
+    assert proc.returncode == 3, (out, err)
+    assert err.splitlines()[-1] == (
+        f"devctl: error: broker {url} restarted during the run and lost 1 step(s) ('{queued}'): "
+        "run again; run Redis with appendonly yes"
+    ), err
+    assert f"OK {running}" in out and not (tmp_path / f"pid-{queued}").exists()
+
+
+def _first_to_start(tmp_path: Path, names: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = [n for n in names if (tmp_path / f"pid-{n}").exists()]
+        if started:
+            return started[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no step started within {timeout}s")
