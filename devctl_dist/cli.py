@@ -207,7 +207,11 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
         return EXIT_OK
     from devctl_dist.workflows.engine import WorkflowEngine  # validate/graph need no engine
 
-    runner = celery_runner(options.broker, resume=options.resume is not None) if options.distributed else None
+    runner = (
+        celery_runner(options.broker, resume=options.resume is not None, workflow=workflow)
+        if options.distributed
+        else None
+    )
     stdout: Any = PipeSafeStream(sys.stdout)  # `devctl run x | head -1`: the run goes on, quietly
     listeners = make_listeners(
         options.output, results_file=options.results_file, stream=stdout, is_tty=sys.stdout.isatty()
@@ -275,13 +279,19 @@ def _broker_answers(url: str) -> bool:
         client.close()
 
 
-def celery_runner(broker: str | None, *, resume: bool = False) -> StepRunner:
-    """The distributed runner; imported here so local runs never load Celery."""
+def celery_runner(broker: str | None, *, resume: bool = False, workflow: Any = None) -> StepRunner:
+    """The distributed runner; imported here so local runs never load Celery.
+
+    With ``workflow``, its start checks that every queue the steps name has a worker.
+    """
     from devctl_dist.distributed.runner import CeleryRunner
     from devctl_dist.settings import load_settings
+    from devctl_dist.workflows.validation import iter_steps
 
     settings = load_settings(broker_url=broker) if broker else load_settings()
-    runner: StepRunner = CeleryRunner(settings, resume=resume)
+    steps = iter_steps(workflow, hooks=True) if workflow is not None else iter(())
+    queues = [step.queue or "" for step in steps if not step.is_block]
+    runner: StepRunner = CeleryRunner(settings, resume=resume, queues=queues)
     return runner
 
 

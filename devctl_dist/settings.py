@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     )
     lease_seconds: int = Field(default=15, ge=3, description="a running step's lease; renewed every third")
     reconcile_interval: float = Field(default=5.0, gt=0)
+    broker_outage_limit: float = Field(
+        default=30.0, gt=0, description="seconds without the broker before a distributed run gives up (exit 3)"
+    )
+    queue_orphan_limit: float = Field(
+        default=30.0, gt=0, description="seconds a step may wait in a queue no live worker serves"
+    )
     queue_rate_limits: dict[str, str] = Field(
         default_factory=dict,
         description='per-queue Celery rate limit for workers serving the queue, e.g. {"api": "10/s"}',

@@ -37,12 +37,41 @@ LostCheck = Callable[[list[str]], Awaitable[set[str]]]
 
 @dataclass
 class Pending:
-    """One in-flight task as the coordinator sees it."""
+    """One in-flight task as the coordinator sees it (``task_id``: its Celery id)."""
 
     spec: StepSpec
     future: asyncio.Future[StepOutcome]
+    task_id: str = ""
     lease: Lease | None = None
     running_seen_at: float | None = None
+    sent_at: float = 0.0
+    orphan_since: float | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Sent, not seen running, not decided."""
+        return self.running_seen_at is None and not self.future.done()
+
+    def hopeless(
+        self, queue: str, served: dict[str, list[str]], now: float, orphan_limit: float
+    ) -> str | None:
+        """Why this waiting step should end now (a loop-clock ``now``), or None.
+
+        Its ``timeout`` covers the time spent queued; a queue no live worker
+        consumes is given ``orphan_limit`` seconds (workers restart).
+        """
+        timeout = self.spec.timeout
+        if timeout is not None and now - self.sent_at > timeout:
+            return (
+                f"timed out after {timeout:g}s waiting in queue '{queue}': no worker took it (it never will)"
+            )
+        if served.get(queue):
+            self.orphan_since = None
+            return None
+        self.orphan_since = self.orphan_since if self.orphan_since is not None else now
+        if now - self.orphan_since > orphan_limit:
+            return f"no worker served queue '{queue}' for {orphan_limit:g}s: not started (it never will)"
+        return None
 
 
 class ReportListener:
@@ -63,6 +92,10 @@ class ReportListener:
         self._closed = False
         self._restart_seen_at: float | None = None
         self._settle_time = settings.lease_seconds / 3 + 2.0
+        self.on_tick: Callable[[], Awaitable[None]] | None = None
+        self.outage_limit = settings.broker_outage_limit
+        self.broken: str | None = None  # set when the broker stayed away past ``outage_limit``
+        self._lost_since: float | None = None
 
     async def start(self) -> None:
         self._server_id = await self._redis_server_id()
@@ -80,10 +113,12 @@ class ReportListener:
             if not pending.future.done():
                 pending.future.set_exception(ConnectionError("coordinator closed"))
 
-    async def expect(self, spec: StepSpec) -> asyncio.Future[StepOutcome]:
-        """Register a task before it is sent, so no report can arrive unclaimed."""
-        future: asyncio.Future[StepOutcome] = asyncio.get_running_loop().create_future()
-        self.pending[spec.task_id] = Pending(spec, future)
+    async def expect(self, spec: StepSpec, task_id: str | None = None) -> asyncio.Future[StepOutcome]:
+        """Register a task (Celery id ``task_id``) before it is sent, so no report can arrive unclaimed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StepOutcome] = loop.create_future()
+        task_id = task_id or spec.task_id
+        self.pending[task_id] = Pending(spec, future, task_id=task_id, sent_at=loop.time())
         if spec.run_id not in self._runs:
             self._runs.add(spec.run_id)
             await self.client.rpush(self._wake_key, "1")  # re-BLPOP on the new run's list
@@ -108,17 +143,48 @@ class ReportListener:
                     await self._after_reconnect()
                     reconnected = False
                 await self._read_once()
-                backoff = 0.1
+                backoff, self._lost_since = 0.1, None
                 if time.monotonic() - last_reconcile >= self.settings.reconcile_interval:
                     last_reconcile = time.monotonic()
                     await self.reconcile()
+                    await self._tick()
             except (RedisError, OSError) as exc:
                 log.warning(
                     "report reader lost Redis (%s); reconnecting in %.1fs", type(exc).__name__, backoff
                 )
+                self._lost_since = self._lost_since or time.monotonic()
+                if time.monotonic() - self._lost_since > self.outage_limit:
+                    self._give_up_on_broker()
                 await asyncio.sleep(backoff)  # back off before reconnecting, not a poll for results
                 backoff = min(backoff * 2, 2.0)
                 reconnected = True
+
+    async def _tick(self) -> None:
+        if self.on_tick is not None:
+            await self.on_tick()
+
+    def _give_up_on_broker(self) -> None:
+        """The broker stayed away too long: end every waiting step with what is known of it.
+
+        By now the run's live marker has expired (``outage_limit`` exceeds its TTL),
+        so a step not seen running can never start later.
+        """
+        seconds = self.outage_limit
+        if self.broken is None:
+            log.error("broker unreachable for %.0fs: giving up on %d step(s)", seconds, len(self.pending))
+        self.broken = f"lost the broker for {seconds:.0f}s"
+        for pending in self.pending.values():
+            if pending.future.done():
+                continue
+            if pending.running_seen_at is None:
+                error = f"not started: {self.broken}; the run is over, so it never starts"
+            else:
+                worker = pending.lease.worker if pending.lease else "?"
+                error = (
+                    f"outcome unknown: {self.broken} while the step ran on {worker} "
+                    "(it may finish there; --resume reuses it)"
+                )
+            self.resolve(pending.task_id, StepOutcome(exit_code=None, error=error, ended_at=time.time()))
 
     async def _read_once(self) -> None:
         keys = [self._wake_key, *(done_key(run) for run in sorted(self._runs))]
@@ -189,11 +255,11 @@ class ReportListener:
 
     async def _give_up(self, pending: Pending, error: str, timed_out: bool) -> None:
         """Fail a silent task and make sure it cannot run later (the runner revokes it)."""
-        log.error("step %s: %s", pending.spec.task_id, error)
+        log.error("step %s: %s", pending.task_id, error)
         if self.on_expired is not None:
-            await self.on_expired(pending.spec.task_id)
+            await self.on_expired(pending.task_id)
         self.resolve(
-            pending.spec.task_id,
+            pending.task_id,
             StepOutcome(exit_code=None, error=error, timed_out=timed_out, ended_at=time.time()),
         )
 
@@ -204,6 +270,7 @@ class ReportListener:
             log.warning("Redis restarted (run_id changed): checking in-flight steps")
             self._restart_seen_at = time.monotonic()
         self._server_id = server_id
+        await self._tick()  # first: re-create the live markers a restart lost, before workers claim
         await self.reconcile()
 
     async def _fail_lost(self, unclaimed: list[str]) -> None:

@@ -16,17 +16,23 @@ import contextlib
 import errno
 import logging
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
+from kombu.exceptions import OperationalError
 from redis.exceptions import AuthenticationError, RedisError
 
 from devctl_dist.core.exceptions import BrokerUnavailableError
+from devctl_dist.distributed import signing
 from devctl_dist.distributed.app import TASK_NAME, create_app
-from devctl_dist.distributed.reports import ReportListener
-from devctl_dist.distributed.state import cancel_key, decode_outcome, lease_key, outcome_key
+from devctl_dist.distributed.registry import served_queues, unserved
+from devctl_dist.distributed.reports import Pending, ReportListener
+from devctl_dist.distributed.resume import earlier_attempt
+from devctl_dist.distributed.runs import RunLiveness, live_ttl
+from devctl_dist.distributed.state import cancel_key, lease_key, outcome_key
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.settings import Settings, redact_url
 
@@ -41,6 +47,8 @@ _ERRNO_REASONS = {
     errno.ETIMEDOUT: "connection timed out",
 }
 _KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+BROKER_CALL_LIMIT = 5.0  # seconds a revoke or close may take before the coordinator stops waiting
+SEND_ERRORS = (OperationalError, RedisError, OSError)
 
 
 class CeleryRunner:
@@ -48,12 +56,16 @@ class CeleryRunner:
 
     name = "distributed"
 
-    def __init__(self, settings: Settings | None = None, resume: bool = False) -> None:
+    def __init__(
+        self, settings: Settings | None = None, resume: bool = False, queues: list[str] | None = None
+    ) -> None:
         self.settings = settings or Settings()
-        self.resume = resume
+        self.resume = resume  # informational: a run seen before is always resumed exactly once (resume.py)
+        self.required_queues = [q or self.settings.default_queue for q in (queues or [])]
         self._app: Celery | None = None
         self._client: aioredis.Redis | None = None
         self._listener: ReportListener | None = None
+        self._liveness: RunLiveness | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devctl-celery")
         self.workers: list[str] = []
 
@@ -75,9 +87,27 @@ class CeleryRunner:
                 f"no devctl worker answered on {self.broker} within {self.settings.worker_ping_timeout:g}s: "
                 "start one with 'devctl worker'"
             )
+        await self._check_queues(self._client)
+        ttl = live_ttl(self.settings.reconcile_interval)
+        self._liveness = RunLiveness(self._client, ttl, self.settings.result_expires)
         self._listener = ReportListener(self._client, self.settings, lost_check=self._lost_messages)
         self._listener.on_expired = self._forget_remote
+        self._listener.on_tick = self._tick
+        floor = ttl + self.settings.reconcile_interval + 2  # past it, no live marker is left
+        self._listener.outage_limit = max(self.settings.broker_outage_limit, floor)
         await self._listener.start()
+
+    async def _check_queues(self, client: aioredis.Redis) -> None:
+        """Every queue the workflow names needs a live consumer, or the run fails now (exit 3)."""
+        if not self.required_queues:
+            return
+        missing = unserved(self.required_queues, await served_queues(client))
+        if missing:
+            names = ", ".join(f"'{q}'" for q in missing)
+            raise BrokerUnavailableError(
+                f"no devctl worker consumes queue {names} on {self.broker}: "
+                f"start one with 'devctl worker --queues {','.join(missing)}'"
+            )
 
     async def _check_broker(self, client: aioredis.Redis) -> None:
         timeout = self.settings.broker_connect_timeout
@@ -99,57 +129,61 @@ class CeleryRunner:
     async def run(self, spec: StepSpec) -> StepOutcome:
         """Send the step as a task and wait for its report; on cancellation kill it remotely first."""
         listener, client = self._require()
-        future = await listener.expect(spec)
+        if listener.broken is not None:
+            return _not_started(listener.broken)
         try:
-            if self.resume:
-                reused = await self._previous_outcome(client, spec)
-                if reused is not None:
-                    return reused
+            task_id, reused, send = await self._prepare(spec, client)
+            if reused is not None:
+                return reused
+            future = await listener.expect(spec, task_id)
+        except (RedisError, OSError) as exc:
+            return _not_started(f"cannot reach broker {self.broker} ({type(exc).__name__})")
+        try:
             _raise_if_cancelling()
-            await self._call(self._send, spec)
+            if send:
+                await self._call(self._send, spec, task_id, self._generation(spec))
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel_remote(spec, future))
+            await asyncio.shield(self._cancel_remote(task_id, future))
             raise
+        except SEND_ERRORS as exc:
+            return _not_started(f"cannot send to broker {self.broker} ({type(exc).__name__})")
         finally:
-            listener.forget(spec.task_id)
+            listener.forget(task_id)
 
-    async def _previous_outcome(self, client: aioredis.Redis, spec: StepSpec) -> StepOutcome | None:
-        """With ``resume``: the same task id seen before (a resumed run) is not run twice.
+    async def _prepare(self, spec: StepSpec, client: aioredis.Redis) -> tuple[str, StepOutcome | None, bool]:
+        """(task id, an outcome to reuse, whether to send): a run seen before is resumed exactly once."""
+        assert self._liveness is not None
+        generation = await self._liveness.join(spec.run_id)
+        task_id = self._liveness.task_id(spec)
+        if generation <= 1:
+            return task_id, None, True
+        earlier = await earlier_attempt(client, spec, generation)
+        if earlier.outcome is not None:
+            return task_id, earlier.outcome, False
+        if earlier.adopt is not None:
+            return earlier.adopt, None, False
+        return task_id, None, True
 
-        A reported success is reused; a task whose lease is live still runs somewhere and
-        is adopted; anything else has its stale keys cleared and is sent again. (Workers
-        remember revoked ids for hours: a resumed run should give unfinished steps a new attempt.)
-        One round trip per step, so only when asked for.
-        """
-        pipe = client.pipeline(transaction=True)
-        pipe.get(outcome_key(spec.task_id))
-        pipe.exists(lease_key(spec.task_id))
-        raw, leased = await pipe.execute()
-        if raw is not None:
-            outcome = decode_outcome(raw)
-            if outcome.succeeded:
-                return outcome
-        if leased:
-            return await self._adopt(spec)
-        if raw is not None:
-            await client.delete(outcome_key(spec.task_id), cancel_key(spec.task_id))
-        return None
+    def _generation(self, spec: StepSpec) -> int:
+        return self._liveness.generations.get(spec.run_id, 1) if self._liveness else 1
 
-    async def _adopt(self, spec: StepSpec) -> StepOutcome:
-        listener, _ = self._require()
-        return await asyncio.shield(listener.pending[spec.task_id].future)
-
-    def _send(self, spec: StepSpec) -> None:
+    def _send(self, spec: StepSpec, task_id: str, generation: int) -> None:
         """Publish the task without subscribing to its result channel (ignore_result)."""
         assert self._app is not None
         time_limit = self.settings.hard_time_limit
         if spec.timeout is not None:  # a backstop: the worker's LocalRunner enforces spec.timeout itself
             time_limit = min(time_limit, int(spec.timeout + self.settings.kill_grace + TIME_LIMIT_MARGIN))
+        body = spec.to_dict()
+        kwargs: dict[str, Any] = {"generation": generation}
+        key = signing.signing_key()
+        if key is not None:
+            kwargs["signature"] = signing.sign(key, spec.run_id, spec.name, body, generation)
         self._app.send_task(
             TASK_NAME,
-            args=[spec.run_id, spec.name, spec.to_dict()],
-            task_id=spec.task_id,
+            args=[spec.run_id, spec.name, body],
+            kwargs=kwargs,
+            task_id=task_id,
             queue=spec.queue or self.settings.default_queue,
             ignore_result=True,
             time_limit=time_limit,
@@ -157,12 +191,12 @@ class CeleryRunner:
             kwargsrepr="{}",
         )
 
-    async def _cancel_remote(self, spec: StepSpec, future: asyncio.Future[StepOutcome]) -> None:
+    async def _cancel_remote(self, task_id: str, future: asyncio.Future[StepOutcome]) -> None:
         """Forbid, revoke with terminate, and wait (bounded) for the report that nothing is left."""
         try:
-            started = await self._forbid(spec.task_id)
+            started = await self._forbid(task_id)
         except (RedisError, OSError) as exc:
-            log.error("cannot cancel %s on %s: %s", spec.task_id, self.broker, type(exc).__name__)
+            log.error("cannot cancel %s on %s: %s", task_id, self.broker, type(exc).__name__)
             return
         if not started or future.done():
             return
@@ -170,23 +204,53 @@ class CeleryRunner:
             async with asyncio.timeout(self.settings.kill_grace + 2.0):
                 await asyncio.shield(future)
         except TimeoutError:
-            log.warning("no word from the worker that %s is dead after revoke", spec.task_id)
+            log.warning("no word from the worker that %s is dead after revoke", task_id)
         except Exception as exc:  # the listener closed under us: nothing more to wait for
-            log.warning("while cancelling %s: %s", spec.task_id, exc)
+            log.warning("while cancelling %s: %s", task_id, exc)
 
     async def _forbid(self, task_id: str) -> bool:
-        """Set the cancel flag and revoke; True when the task had started (a lease or an outcome exists).
+        """Set the cancel flag and revoke; True when the task runs (a lease and no outcome yet)."""
+        leased, finished = await self._flag(task_id)
+        try:  # bounded: with the broker gone, kombu would retry the broadcast for long
+            await asyncio.wait_for(self._call(self._revoke, task_id), BROKER_CALL_LIMIT)
+        except (TimeoutError, *SEND_ERRORS) as exc:
+            log.warning("revoke of %s not sent (%s); its cancel flag stands", task_id, type(exc).__name__)
+        return leased and not finished
 
-        The flag and the lease check are one MULTI, mirroring the worker's claim.
-        """
+    async def _flag(self, task_id: str) -> tuple[bool, bool]:
+        """Set the cancel flag; (leased, finished) in the same MULTI, the mirror of the worker's claim."""
         _, client = self._require()
         pipe = client.pipeline(transaction=True)
         pipe.set(cancel_key(task_id), "1", ex=self.settings.visibility_timeout + 3600)
         pipe.exists(lease_key(task_id))
         pipe.exists(outcome_key(task_id))
         _, leased, finished = await pipe.execute()
-        await self._call(self._revoke, task_id)
-        return bool(leased) and not finished
+        return bool(leased), bool(finished)
+
+    async def _tick(self) -> None:
+        """Every reconcile round: keep the runs live, end steps waiting where nobody will take them."""
+        if self._liveness is not None:
+            await self._liveness.renew()
+        listener, client = self._require()
+        waiting = [p for p in listener.pending.values() if p.waiting]
+        if waiting:
+            await self._end_hopeless_waits(waiting, await served_queues(client))
+
+    async def _end_hopeless_waits(self, waiting: list[Pending], served: dict[str, list[str]]) -> None:
+        """A step not started within its ``timeout``, or whose queue lost its last worker, ends here."""
+        listener, _ = self._require()
+        now = asyncio.get_running_loop().time()
+        for pending in waiting:
+            queue = pending.spec.queue or self.settings.default_queue
+            reason = pending.hopeless(queue, served, now, self.settings.queue_orphan_limit)
+            if reason is None:
+                continue
+            leased, finished = await self._flag(pending.task_id)
+            if leased or finished:  # it started after all: its report will come
+                continue
+            timed_out = reason.startswith("timed out")
+            outcome = StepOutcome(exit_code=None, error=reason, timed_out=timed_out, ended_at=time.time())
+            listener.resolve(pending.task_id, outcome)
 
     async def _forget_remote(self, task_id: str) -> None:
         """A task given up as silent must never run later: flag it and revoke it."""
@@ -222,13 +286,16 @@ class CeleryRunner:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        if self._liveness is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._liveness.finish(), BROKER_CALL_LIMIT)
         if self._client is not None:
             await _close_quietly(self._client)
             self._client = None
         if self._app is not None:
             app, self._app = self._app, None
             with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(self._thread, app.close)
+                await asyncio.wait_for(self._call(app.close), BROKER_CALL_LIMIT)
         self._thread.shutdown(wait=False)
 
 
@@ -258,6 +325,11 @@ def _redis_client(settings: Settings) -> aioredis.Redis:
         socket_keepalive_options=_KEEPALIVE,
         health_check_interval=30,
     )
+
+
+def _not_started(reason: str) -> StepOutcome:
+    """A step that was never handed to a worker (nothing to cancel or wait for)."""
+    return StepOutcome(exit_code=None, error=f"not started: {reason}", ended_at=time.time())
 
 
 def _raw(value: bytes | str) -> bytes:

@@ -8,6 +8,15 @@ Per task (``task_id`` = ``run:step:attempt``):
 - ``devctl:cancel:{task_id}``  set by the coordinator before a revoke; a task that
   finds it at start does not run (revokes live in worker memory only, this survives).
 
+Per run, for exactly-once starts (``generation`` travels with each task):
+
+- ``devctl:run:{run_id}:generation`` a counter; each coordinator of the run (the
+  first one, each ``--resume``) takes the next number.
+- ``devctl:run:{run_id}:live`` the generation of the coordinator running the run,
+  with a short TTL it keeps renewing. A task whose generation is not the live one
+  never starts: a run that is over (coordinator gone or finished), or superseded
+  by a ``--resume``, can start nothing more.
+
 Per run: ``devctl:run:{run_id}:done``, a list the worker pushes each finished task id
 onto; the coordinator's one reader pops it (BLPOP). The outcome is written in
 the same MULTI as the push, so a report is never seen before its outcome.
@@ -17,6 +26,7 @@ Celery's own result backend is not used for this: result state is not monotonic.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,21 +52,33 @@ def cancel_key(task_id: str) -> str:
     return f"devctl:cancel:{task_id}"
 
 
+def generation_key(run_id: str) -> str:
+    return f"devctl:run:{run_id}:generation"
+
+
+def live_key(run_id: str) -> str:
+    return f"devctl:run:{run_id}:live"
+
+
 @dataclass(frozen=True)
 class Lease:
-    """Who runs a task and since when (wall clock of the worker)."""
+    """Who runs a task and since when (wall clock of the worker); ``pid``: the pool process."""
 
     worker: str
     started_at: float
+    pid: int = 0
 
     def encode(self) -> str:
-        return f"{self.worker}|{self.started_at}"
+        return f"{self.worker}|{self.started_at}|p{self.pid}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Lease:
         text = raw.decode() if isinstance(raw, bytes) else raw
-        worker, _, started = text.rpartition("|")
-        return cls(worker=worker, started_at=float(started or 0.0))
+        head, _, last = text.rpartition("|")
+        pid = 0
+        if last.startswith("p") and last[1:].isdigit():
+            pid, (head, _, last) = int(last[1:]), head.rpartition("|")
+        return cls(worker=head, started_at=float(last or 0.0), pid=pid)
 
 
 def encode_outcome(outcome: StepOutcome) -> str:
@@ -70,10 +92,23 @@ def decode_outcome(raw: bytes | str) -> StepOutcome:
 
 @dataclass(frozen=True)
 class BeginResult:
-    """What a worker learned when it claimed a task."""
+    """What a worker learned when it claimed a task.
 
-    cancelled: bool
-    ran_before: bool
+    ``refused``: why the step must not run (cancelled, or its run is over);
+    ``earlier``: the lease found before this claim (a re-delivery of the task).
+    """
+
+    refused: str | None = None
+    earlier: Lease | None = None
+    duplicate: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.refused is not None
+
+    @property
+    def ran_before(self) -> bool:
+        return self.earlier is not None
 
 
 class WorkerState:
@@ -85,25 +120,52 @@ class WorkerState:
         self.expires = expires
         self.cancel_ttl = cancel_ttl
 
-    def begin(self, task_id: str, worker: str) -> BeginResult:
-        """Claim the task: read the cancel flag and any earlier lease, then take the lease.
+    def begin(
+        self, task_id: str, worker: str, run_id: str | None = None, generation: int | None = None
+    ) -> BeginResult:
+        """Claim the task: check the cancel flag, the run's live generation and any earlier lease.
 
-        Runs as one MULTI, the mirror of the coordinator's cancel MULTI: either the
-        coordinator sees the lease (and waits for the kill), or the worker sees
-        the flag (and never starts the step).
+        Optimistic (WATCH): a coordinator that sets the cancel flag or a new generation
+        between the check and the lease makes the claim start over. So either the
+        coordinator sees the lease (the step started), or the worker sees the flag or
+        the new generation (and the step never starts).
         """
-        pipe = self.client.pipeline(transaction=True)
-        pipe.get(cancel_key(task_id))
-        pipe.get(lease_key(task_id))
-        pipe.set(lease_key(task_id), Lease(worker, time.time()).encode(), ex=self.lease_seconds)
-        cancelled, earlier, _ = pipe.execute()
-        if cancelled is not None:
-            self.client.delete(lease_key(task_id))
-        return BeginResult(cancelled=cancelled is not None, ran_before=earlier is not None)
+        watched = [cancel_key(task_id), lease_key(task_id), outcome_key(task_id)]
+        if run_id is not None and generation is not None:
+            watched.append(live_key(run_id))
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    return self._claim(pipe, watched, task_id, worker, generation)
+                except redis.WatchError:
+                    continue
+
+    def _claim(
+        self, pipe: Any, watched: list[str], task_id: str, worker: str, generation: int | None
+    ) -> BeginResult:
+        pipe.watch(*watched)
+        values = [pipe.get(key) for key in watched]
+        cancelled, raw_earlier, finished = values[:3]
+        earlier = Lease.decode(raw_earlier) if raw_earlier is not None else None
+        refused = "cancelled before start" if cancelled is not None else None
+        if refused is None and generation is not None:
+            refused = _generation_refusal(values[3], generation)
+        already = finished is not None or (earlier is not None and _still_running_here(earlier, worker))
+        if already:  # a re-delivered message: the step ran or runs; its report stands
+            pipe.unwatch()
+            return BeginResult(earlier=earlier, duplicate=True)
+        if refused is not None:
+            pipe.unwatch()
+            return BeginResult(refused=refused, earlier=earlier)
+        pipe.multi()
+        pipe.set(lease_key(task_id), Lease(worker, time.time(), os.getpid()).encode(), ex=self.lease_seconds)
+        pipe.execute()
+        return BeginResult(earlier=earlier)
 
     def renew(self, task_id: str, worker: str, started_at: float) -> None:
         """Re-set the lease while the step runs; re-creates it after a Redis restart wiped it."""
-        self.client.set(lease_key(task_id), Lease(worker, started_at).encode(), ex=self.lease_seconds)
+        lease = Lease(worker, started_at, os.getpid())
+        self.client.set(lease_key(task_id), lease.encode(), ex=self.lease_seconds)
 
     def finish(self, task_id: str, run_id: str, outcome: StepOutcome) -> bool:
         """Publish the outcome unless one exists, and report the id; one MULTI, one round trip.
@@ -122,3 +184,30 @@ class WorkerState:
 
     def is_cancelled(self, task_id: str) -> bool:
         return bool(self.client.exists(cancel_key(task_id)))
+
+
+def _generation_refusal(raw_live: bytes | None, generation: int) -> str | None:
+    """Why a task of ``generation`` must not start, given the run's live generation."""
+    if raw_live is None:
+        return "not started: the run is over (its coordinator finished or is gone)"
+    live = int(raw_live)
+    if live != generation:
+        return f"not started: the run was resumed (generation {live} replaces {generation})"
+    return None
+
+
+def _still_running_here(earlier: Lease, worker: str) -> bool:
+    """The same task already runs in a live pool process of this worker: a duplicate delivery.
+
+    Happens when kombu restores an unacknowledged message after a broker blip while
+    the step still runs. A lease of a dead pool process (a lost child) is not one.
+    """
+    if earlier.worker != worker or earlier.pid <= 0 or earlier.pid == os.getpid():
+        return False
+    try:
+        os.kill(earlier.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -28,12 +28,13 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import celeryd_init, task_failure, task_revoked
+from celery.signals import celeryd_init, task_failure, task_revoked, worker_ready, worker_shutdown
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from devctl_dist.distributed import kombu_patch, procs
+from devctl_dist.distributed import kombu_patch, procs, signing, worker_env
 from devctl_dist.distributed.app import TASK_NAME, settings_of
+from devctl_dist.distributed.registry import WorkerRegistration
 from devctl_dist.distributed.state import WorkerState
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.runners.local import LocalRunner
@@ -62,17 +63,33 @@ def worker_state(settings: Settings) -> WorkerState:
     return WorkerState(client, settings.lease_seconds, settings.result_expires, cancel_ttl)
 
 
-def run_step(task: Task, run_id: str, step_name: str, spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """Run one rendered step on this worker and report its outcome (also returned, as JSON)."""
-    settings = settings_of(task.app)
+def run_step(
+    task: Task,
+    run_id: str,
+    step_name: str,
+    spec_dict: dict[str, Any],
+    generation: int | None = None,
+    signature: str | None = None,
+) -> dict[str, Any]:
+    """Run one rendered step on this worker and report its outcome (also returned, as JSON).
+
+    ``generation``: the run's coordinator generation (a task of a run that is over
+    never starts); ``signature``: required when this worker has a signing key.
+    """
     task_id = str(task.request.id)
+    key = signing.signing_key()
+    if key is not None and not signing.verify(key, run_id, step_name, spec_dict, generation, signature):
+        log.error("refused task %s: missing or wrong signature (DEVCTL_SIGNING_KEY)", task_id)
+        return {"refused": "bad signature"}
+    settings = settings_of(task.app)
     worker = str(task.request.hostname or _this_worker())
     state = worker_state(settings)
-    claim = state.begin(task_id, worker)
-    if claim.cancelled:
-        outcome = StepOutcome(
-            exit_code=None, error="cancelled before start", worker=worker, ended_at=time.time()
-        )
+    claim = state.begin(task_id, worker, run_id, generation)
+    if claim.duplicate:  # a re-delivered message of a step that ran or still runs: its report stands
+        log.warning("task %s delivered again while it ran or after it ended: not run twice", task_id)
+        return {"duplicate": True}
+    if claim.refused is not None:
+        outcome = StepOutcome(exit_code=None, error=claim.refused, worker=worker, ended_at=time.time())
     else:
         if claim.ran_before:  # a lost pool child may have left the step running
             procs.kill_marked(task_id, settings.kill_grace)
@@ -197,9 +214,16 @@ def register_tasks(app: Celery) -> None:
 # --- worker main process -------------------------------------------------------------
 
 
-def _remember_worker_name(sender: str, **_: Any) -> None:
+def _remember_worker_name(sender: str, instance: Any = None, **_: Any) -> None:
+    """At worker start (main process, before the pool forks): name, kombu patch, clean environment."""
     _worker_name[:] = [str(sender)]
     kombu_patch.apply()  # a broker blip must not kill the worker (see kombu_patch)
+    app = getattr(instance, "app", None)
+    settings = settings_of(app) if app is not None else None
+    if settings is not None:
+        removed = worker_env.scrub_worker_environment(settings)
+        if removed:
+            log.info("steps will not see these worker variables: %s", ", ".join(removed))
 
 
 def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
@@ -220,7 +244,30 @@ def _on_failure(sender: Any = None, task_id: str | None = None, exception: Any =
     _reap_in_background(sender.app, task_id, _run_id(list(kw.get("args") or [])), reason, timed_out)
 
 
+_registration: list[WorkerRegistration] = []
+
+
+def _register(sender: Any = None, **_: Any) -> None:
+    """Worker ready: announce the queues it consumes (``registry``), for the coordinator's checks."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    settings = settings_of(app)
+    queues = list(app.amqp.queues.consume_from or [settings.default_queue])
+    hostname = str(getattr(sender, "hostname", None) or _this_worker())
+    registration = WorkerRegistration(worker_state(settings).client, hostname, [str(q) for q in queues])
+    registration.start()
+    _registration.append(registration)
+
+
+def _unregister(**_: Any) -> None:
+    while _registration:
+        _registration.pop().stop()
+
+
 celeryd_init.connect(_remember_worker_name, weak=False)
+worker_ready.connect(_register, weak=False)
+worker_shutdown.connect(_unregister, weak=False)
 task_revoked.connect(_on_revoked, weak=False)
 task_failure.connect(_on_failure, weak=False)
 
