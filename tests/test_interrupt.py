@@ -116,6 +116,6 @@ def test_sigterm_is_treated_like_ctrl_c(tmp_path: Path) -> None:
     pids = [read_pid(p) for p in pidfiles]
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    assert proc.returncode == 143  # 128 + SIGTERM (issue 10)
     assert wait_gone(pids, timeout=2.0) == []
     assert json.loads(out)["interrupted"] is True
