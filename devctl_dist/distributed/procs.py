@@ -9,10 +9,10 @@ whole tree from ``/proc`` when the pool child is gone. Linux only.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import time
+
+from devctl_dist.runners import proctree
 
 TASK_ID_ENV = "DEVCTL_TASK_ID"
 WORKER_NAME_ENV = "DEVCTL_WORKER_NAME"
@@ -20,43 +20,12 @@ WORKER_NAME_ENV = "DEVCTL_WORKER_NAME"
 
 def marked_pids(task_id: str) -> list[int]:
     """Pids of live processes (not zombies) whose environment names ``task_id``."""
-    needle = f"{TASK_ID_ENV}={task_id}\0".encode()
-    own = os.getpid()
-    found: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == own:
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        if data.startswith(needle) or b"\0" + needle in data:
-            found.append(int(entry))
-    return found
+    return proctree.marked_pids(TASK_ID_ENV, task_id)
 
 
 def signal_marked(task_id: str, signum: int) -> list[int]:
     """Send ``signum`` to each marked process and its process group; return the pids hit."""
-    own_group = os.getpgrp()
-    pids = marked_pids(task_id)
-    groups: set[int] = set()
-    for pid in pids:
-        try:
-            groups.add(os.getpgid(pid))
-        except OSError:
-            continue
-    for group in groups - {own_group, 0, 1}:
-        with contextlib.suppress(OSError):
-            os.killpg(group, signum)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signum)
-    return pids
+    return proctree.signal_marked(TASK_ID_ENV, task_id, signum)
 
 
 def kill_marked(task_id: str, grace: float) -> bool:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.runners.process import StepProcess, ensure_child_status, spawn, step_environment
+from devctl_dist.runners.proctree import new_token
 
 SHELL = "/bin/sh"
 
@@ -107,15 +108,16 @@ class LocalRunner:
         return [pgid for pgid, proc in list(self._running.items()) if not proc.exited]
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the group of every running step; synchronous, safe in a signal handler."""
+        """Signal the whole tree of every running step; synchronous, safe in a signal handler."""
         for proc in list(self._running.values()):
-            proc.signal_group(sig)
+            proc.cancelled = True
+            proc.signal_tree(sig)
 
     async def run(self, spec: StepSpec) -> StepOutcome:
         """Run one attempt; honours ``spec.timeout`` and task cancellation."""
         ensure_child_status()
         launch = plan_launch(spec)
-        env = step_environment(spec.env)
+        token = new_token()
         if spec.cwd is not None and not os.path.isdir(spec.cwd):
             now = time.time()
             message = f"working directory not found: {spec.cwd}"
@@ -124,8 +126,9 @@ class LocalRunner:
             )
         started_at = time.time()
         try:
-            proc = self._spawn(launch, env, spec)
-        except OSError as error:
+            env = step_environment(spec.env, token)
+            proc = self._spawn(launch, env, spec, token)
+        except (OSError, ValueError) as error:
             return _spawn_failure(launch, error, started_at)
         self._running[proc.pid] = proc
         try:
@@ -143,7 +146,7 @@ class LocalRunner:
             error=proc.error,
         )
 
-    def _spawn(self, launch: Launch, env: Mapping[bytes, bytes], spec: StepSpec) -> StepProcess:
+    def _spawn(self, launch: Launch, env: Mapping[bytes, bytes], spec: StepSpec, token: str) -> StepProcess:
         executable = None
         word = launch.direct_word
         if word is not None and "/" not in word and "PATH" in spec.env:
@@ -157,7 +160,7 @@ class LocalRunner:
                 raise
             # A script without a #! line: sh runs such files itself.
             pid, out_fd, err_fd = spawn([SHELL, "-c", spec.command], env)
-        return StepProcess(pid, out_fd, err_fd, spec.output_limit, self.drain_timeout)
+        return StepProcess(pid, out_fd, err_fd, spec.output_limit, self.drain_timeout, token)
 
     async def _supervise(self, proc: StepProcess, timeout: float | None) -> None:
         """Wait for the step; on cancellation kill its group, reap it, re-raise."""
@@ -186,10 +189,15 @@ class LocalRunner:
             raise
 
 
-def _spawn_failure(launch: Launch, error: OSError, started_at: float) -> StepOutcome:
+def _spawn_failure(launch: Launch, error: OSError | ValueError, started_at: float) -> StepOutcome:
     """Report an exec failure the way sh would (127 not found, 126 not executable)."""
     ended_at = time.time()
     word = launch.direct_word
+    if isinstance(error, ValueError):  # a NUL in the command or the environment
+        message = f"cannot start {launch.argv[0]}: {error}"
+        return StepOutcome(
+            None, stderr=message + "\n", started_at=started_at, ended_at=ended_at, error=message
+        )
     if word is not None and error.errno in (errno.ENOENT, errno.ENOTDIR):
         return StepOutcome(
             127, stderr=f"sh: 1: {word}: not found\n", started_at=started_at, ended_at=ended_at

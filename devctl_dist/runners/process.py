@@ -9,6 +9,12 @@ and its pipes are read into bounded buffers: at exit for short steps, by
 
 Process-group safety: a group is only signalled while its leader is unreaped
 (alive or a zombie), so its pgid cannot have been reused by another process.
+
+Cancellation (timeout, fail_all, Ctrl-C) kills the whole tree: the group, and
+every process carrying the step's marker (``DEVCTL_STEP_TOKEN``), such as
+``timeout`` or ``setsid`` children that left the group. A step that *ends on its
+own* loses what is left in its group but keeps what it detached into a new
+session on purpose (``setsid -f daemon``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
+
+from devctl_dist.runners.proctree import STEP_TOKEN_ENV, group_exists, group_has_live_members, signal_marked
 
 READ_SIZE = 65536
 
@@ -128,18 +136,26 @@ def _close_all(*fds: int) -> None:
             os.close(fd)
 
 
-def step_environment(overrides: Mapping[str, str]) -> Mapping[bytes, bytes]:
-    """``os.environ`` merged with ``overrides``, as the bytes mapping exec needs.
+def step_environment(overrides: Mapping[str, str], token: str | None = None) -> Mapping[bytes, bytes]:
+    """``os.environ`` merged with ``overrides`` (and the step's marker), as the bytes mapping exec needs.
 
     Iterating ``os.environ`` decodes every entry in Python (about 50 us per
     step); its underlying bytes dict is read at C speed when available.
+    Raises ``ValueError`` for a name exec cannot carry (empty, ``=``, NUL) or a NUL in a value.
     """
     base: Mapping[bytes, bytes] = getattr(os.environ, "_data", None) or os.environb
-    if not overrides:
+    if not overrides and token is None:
         return base
     merged = dict(base)
     for key, value in overrides.items():
-        merged[os.fsencode(key)] = os.fsencode(value)
+        name = os.fsencode(key)
+        if not name or b"=" in name or b"\0" in name:
+            raise ValueError(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {key!r} contains a NUL character")
+        merged[name] = os.fsencode(value)
+    if token is not None:
+        merged[STEP_TOKEN_ENV.encode()] = token.encode()
     return merged
 
 
@@ -160,8 +176,11 @@ class StepProcess:
         err_fd: int,
         output_limit: int,
         drain_timeout: float,
+        token: str | None = None,
     ) -> None:
         self.pid = pid
+        self.token = token
+        self.cancelled = False
         self.returncode: int | None = None
         self.exited = False
         self.error: str | None = None
@@ -202,14 +221,21 @@ class StepProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to the group and to every process carrying the step's marker."""
+        self.signal_group(sig)
+        if self.token is not None:
+            signal_marked(STEP_TOKEN_ENV, self.token, sig)
+
     def terminate(self, grace: float) -> None:
-        """SIGTERM the group now and SIGKILL it ``grace`` seconds later if still there."""
+        """Cancel: SIGTERM the whole tree now and SIGKILL it ``grace`` seconds later if still there."""
+        self.cancelled = True
         if grace <= 0:
-            self.signal_group(signal.SIGKILL)
+            self.signal_tree(signal.SIGKILL)
             return
-        self.signal_group(signal.SIGTERM)
+        self.signal_tree(signal.SIGTERM)
         if self._kill_timer is None and not self.exited:
-            self._kill_timer = self._loop.call_later(grace, self.signal_group, signal.SIGKILL)
+            self._kill_timer = self._loop.call_later(grace, self.signal_tree, signal.SIGKILL)
 
     def expire(self, grace: float) -> None:
         """The step's timeout fired: record it and terminate the group."""
@@ -218,15 +244,24 @@ class StepProcess:
             self.terminate(grace)
 
     def kill_now(self) -> None:
-        """Synchronous last resort: SIGKILL the group and reap the leader, blocking."""
-        self.signal_group(signal.SIGKILL)
+        """Synchronous last resort: SIGKILL the tree and reap the leader, blocking."""
+        self.cancelled = True
+        self.signal_tree(signal.SIGKILL)
         self._on_exit()
 
     async def wait_group_gone(self, timeout: float) -> None:
-        """After a kill, wait (bounded) until no live process is left in the group."""
+        """After a kill, wait (bounded) until no live process is left in the group (or tree, if cancelled)."""
         deadline = time.monotonic() + timeout
         while group_has_live_members(self.pid) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        while self._marked_left() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    def _marked_left(self) -> bool:
+        """A cancelled step's marked processes still alive (SIGKILLed again: they had their grace)."""
+        if not self.cancelled or self.token is None:
+            return False
+        return bool(signal_marked(STEP_TOKEN_ENV, self.token, signal.SIGKILL))
 
     def close(self) -> None:
         """Release everything; reaps the leader (SIGKILL) if that has not happened."""
@@ -264,11 +299,13 @@ class StepProcess:
             self._pidfd = None
         self.ended_at = time.time()
         self.signal_group(signal.SIGKILL)  # the leader is at least a zombie: pgid still ours
+        if self.cancelled and self.token is not None:
+            signal_marked(STEP_TOKEN_ENV, self.token, signal.SIGKILL)  # escapees from the group
         self.exited = True  # before reaping: from now on the pgid may be reused
         self._reap()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        self.survivors = _group_exists(self.pid)
+        self.survivors = group_exists(self.pid)
         self._read_available()
         if self._streams:
             self._start_readers()
@@ -351,34 +388,3 @@ def ensure_child_status() -> None:
         and threading.current_thread() is threading.main_thread()
     ):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def group_has_live_members(pgid: int) -> bool:
-    """True if a process of group ``pgid`` is still running (zombies do not count).
-
-    Killed orphans are reparented to init; an init that does not reap leaves
-    them as zombies, which hold no resources and run no code.
-    """
-    if not _group_exists(pgid):
-        return False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
