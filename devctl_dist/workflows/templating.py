@@ -23,17 +23,14 @@ from typing import Any, TypeVar
 from jinja2 import StrictUndefined, Template
 from jinja2 import exceptions as jinja_errors
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
 from devctl_dist.core.exceptions import TemplateError
 from devctl_dist.workflows.results import StepResult
+from devctl_dist.workflows.sandbox import Sandbox, render_bounded
 
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0", "none", ""})
-_MAX_SEQUENCE = 10_000_000
-_MAX_POWER_BITS = 100_000
 _T = TypeVar("_T")
 
 
@@ -145,38 +142,11 @@ class _Results(Mapping[str, StepOutput]):
         return [name for name in self._results if allowed is None or name in allowed]
 
 
-class _Sandbox(SandboxedEnvironment):
-    """The Jinja sandbox plus caps on ``*`` and ``**`` so a template cannot exhaust memory."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            _check_repeat(left, right)
-            _check_repeat(right, left)
-        elif _power_too_large(left, right):
-            raise SecurityError("the result of '**' would be too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _check_repeat(sequence: Any, count: Any) -> None:
-    if not isinstance(sequence, str | list | tuple) or not isinstance(count, int):
-        return
-    if len(sequence) * count > _MAX_SEQUENCE:
-        raise SecurityError("the result of '*' would be too large")
-
-
-def _power_too_large(base: Any, exponent: Any) -> bool:
-    if not isinstance(base, int) or not isinstance(exponent, int) or exponent <= 0 or abs(base) <= 1:
-        return False
-    return exponent * base.bit_length() > _MAX_POWER_BITS
-
-
 class TemplateRenderer:
     """Renders every template of one run; compiled templates are cached by source."""
 
     def __init__(self, variables: Mapping[str, Any], env: Mapping[str, str]) -> None:
-        self._sandbox = _Sandbox(undefined=_StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self._sandbox = Sandbox(undefined=_StrictUndefined, autoescape=False, keep_trailing_newline=True)
         self._sandbox.filters["quote"] = _quote
         self._templates: dict[str, Template] = {}
         self._expressions: dict[str, Callable[..., Any]] = {}
@@ -200,7 +170,7 @@ class TemplateRenderer:
             return template
         compiled = self._compile(template, step)
         context = self._context(step, results, allowed)
-        return _guarded(step, lambda: compiled.render(context))
+        return _guarded(step, lambda: render_bounded(compiled.generate(context)))
 
     def judge(
         self,

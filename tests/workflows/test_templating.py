@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,52 @@ def test_judge_never_evaluates_python(tmp_path: Path) -> None:
     with pytest.raises(TemplateError):
         make_renderer().judge(condition, step="s")
     assert not marker.exists()
+
+
+DOUBLE_40_TIMES = "{{% for i in range(40) %}}{{% set ns.v = {} %}}{{% endfor %}}{{{{ ns.v > 0 }}}}"
+HUGE = [
+    "{{ 'x'|center(2000000000) }}",
+    "{{ 'x'.center(2000000000) }}",
+    "{{ 'x'.ljust(2000000000) }}",
+    "{{ 'x'.zfill(2000000000) }}",
+    "{{ ('x' * 5000000)|replace('x', 'xxxxx') }}",
+    "{{ ('x' * 5000000).replace('x', 'xxxxx') }}",
+    "{{ ('x' * 1000)|replace('', 'y' * 100000) }}",
+    "{{ '%2000000000s'|format('x') }}",
+    "{{ '%*s'|format(2000000000, 'x') }}",
+    "{{ '%2000000000s' % 'x' }}",
+    "{{ '{:>2000000000}'.format('x') }}",
+    "{{ '{:>{}}'.format('x', 2000000000) }}",
+    "{{ 'x' * 2000000000 }}",
+    "{{ [1] * 2000000000 }}",
+    "{{ ('\t' * 1000000).expandtabs(1000) }}",
+    "{{ ('x\n' * 1000000)|indent(1000) }}",
+    "{{ range(100000)|join('y' * 1000) }}",
+    "{{ ('y' * 1000).join(range(100000)) }}",
+    "{{ [1]|batch(2000000000, 0)|list }}",
+    "{{ ('x ' * 4000000)|wordwrap(1, wrapstring='-' * 10) }}",
+    "{% set ns = namespace(v='x') %}" + DOUBLE_40_TIMES.format("ns.v ~ ns.v"),
+    "{% set ns = namespace(v='x') %}" + DOUBLE_40_TIMES.format("ns.v + ns.v"),
+    "{% set ns = namespace(v=3) %}" + DOUBLE_40_TIMES.format("ns.v * ns.v"),
+    "{% for i in range(100000) %}{% for j in range(1000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+    "{{ 2 ** 1000000 }}",
+]
+
+
+@pytest.mark.parametrize("template", HUGE)
+def test_every_way_to_grow_output_is_bounded(template: str) -> None:
+    began = time.monotonic()
+    message = render_error(template)
+    assert "would be too large" in message, message
+    assert time.monotonic() - began < 5
+
+
+def test_moderate_output_still_renders() -> None:
+    text = make_renderer().render(
+        "{{ 'x'|center(1000) }}{{ '%5s' % 'y' }}{{ 'a,b'.replace(',', ';') }}", step="s"
+    )
+    assert len(text) == 1000 + 5 + 3 and text.endswith("    ya;b")
+
+
+def test_templates_cannot_mutate_values() -> None:
+    assert "unsafe template" in render_error("{{ tags.append('c') }}")
