@@ -24,13 +24,16 @@ class RateLimiter:
         self.interval = 1.0 / rate
         self._next_slot = 0.0
 
-    async def acquire(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    def reserve(self, now: float) -> float:
+        """Take the next free slot; return how long to wait for it (0 when it is now)."""
         slot = max(now, self._next_slot)
         self._next_slot = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return slot - now
+
+    async def acquire(self) -> None:
+        delay = self.reserve(asyncio.get_running_loop().time())
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 async def gather_with_concurrency(limit: int, aws: Iterable[Awaitable[T]]) -> list[T]:

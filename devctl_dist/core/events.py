@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from devctl_dist.workflows.results import ParallelBlockResult, RunResult, StepResult
+from devctl_dist.core.results import ParallelBlockResult, RunResult, StepResult
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from rich.text import Text
 from devctl_dist.core.events import RunListener
 from devctl_dist.core.exceptions import UsageError
 from devctl_dist.core.reporting import (
-    FAILURES,
     GLYPHS,
     JsonListener,
     OutputListener,
@@ -35,10 +34,11 @@ from devctl_dist.core.reporting import (
     format_duration,
     output_tail,
     run_outcome,
+    shows_output,
     step_reason,
     summary_counts,
 )
-from devctl_dist.workflows.results import ParallelBlockResult, RunResult, StepResult, StepStatus
+from devctl_dist.core.results import ParallelBlockResult, RunResult, StepResult, StepStatus
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -140,7 +140,7 @@ class _BlockView:
             self._set_status(row, status)
             self.running.pop(name, None)
             self.recent.append(name)
-            if status in FAILURES:
+            if shows_output(status):
                 self.failed.append(name)
 
     def _start(self, row: _Row, attempt: int) -> None:
@@ -292,7 +292,7 @@ class LiveTableListener(OutputListener):
     def step_finished(self, result: StepResult) -> None:
         if self._view is not None:
             self._view.finish(result.name, result.status, result.duration)
-            if result.status in FAILURES:
+            if shows_output(result.status):
                 self._block_failures.append(result)
             return
         self._stop_running_line()
@@ -304,7 +304,7 @@ class LiveTableListener(OutputListener):
         if reason and result.status is not StepStatus.SUCCEEDED:
             line.append(f"  {reason}", style="dim")
         self.console.print(line)
-        if result.status in FAILURES:
+        if shows_output(result.status):
             self._print_details([result])
 
     def block_finished(self, result: ParallelBlockResult) -> None:

@@ -19,7 +19,7 @@ from typing import IO
 
 from devctl_dist.core.events import RunListener
 from devctl_dist.core.exceptions import UsageError
-from devctl_dist.workflows.results import ParallelBlockResult, RunResult, StepResult, StepStatus
+from devctl_dist.core.results import ParallelBlockResult, RunResult, StepResult, StepStatus
 
 TAIL_LINES = 5
 
@@ -34,7 +34,12 @@ GLYPHS: dict[StepStatus, tuple[str, str]] = {
     StepStatus.CANCELLED: ("[CANC]", "magenta"),
     StepStatus.SKIPPED: ("[SKIP]", "dim"),
 }
-FAILURES = (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.FAILED_ALLOWED)
+
+
+def shows_output(status: StepStatus) -> bool:
+    """Steps whose output tail we show: failures that ran, and allowed failures (not cancellations)."""
+    return status in (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.FAILED_ALLOWED)
+
 _EXIT_CODE_ERROR = re.compile(r"(exit(ed)?( with)?( code| status)?:? -?\d+)", re.IGNORECASE)
 
 
@@ -184,7 +189,7 @@ class PlainListener(OutputListener):
         if result.status is StepStatus.TIMED_OUT and not problem:
             problem = "timed out"
         self._line(f"{line}: {problem}" if problem else line)
-        tail = output_tail(result) if result.status in FAILURES else []
+        tail = output_tail(result) if shows_output(result.status) else []
         if tail != [problem]:  # a one-line stderr is already on the line above
             for text in tail:
                 self._line(f"  | {text}")

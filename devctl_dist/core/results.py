@@ -32,6 +32,15 @@ class StepStatus(StrEnum):
         """True when dependents may run: the step succeeded or its failure is allowed."""
         return self in (StepStatus.SUCCEEDED, StepStatus.FAILED_ALLOWED)
 
+    @property
+    def is_failure(self) -> bool:
+        """The one definition of failure: what fails a block or run and triggers its failure policy.
+
+        ``failed (allowed)`` is not a failure (``on_failure: continue``); a skip is
+        judged by its cause, never by itself.
+        """
+        return self in (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED)
+
 
 @dataclass
 class StepResult:
@@ -61,15 +70,33 @@ class StepResult:
 
 @dataclass(repr=False)
 class ParallelBlockResult:
-    """Aggregate of one parallel block (the seed's fields plus status)."""
+    """Aggregate of one parallel block; the counts derive from ``steps`` so they can never disagree."""
 
     name: str | None
     success: bool
     steps: list[StepResult]
-    failed_count: int
-    succeeded_count: int
     status: StepStatus = StepStatus.SUCCEEDED
     duration: float = 0.0
+
+    @property
+    def succeeded_count(self) -> int:
+        return sum(1 for step in self.steps if step.status is StepStatus.SUCCEEDED or step.success)
+
+    @property
+    def failed_count(self) -> int:
+        return sum(1 for step in self.steps if step.status.is_failure or _failed_by_hand(step))
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(1 for step in self.steps if step.status is StepStatus.SKIPPED or step.skipped)
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(step.success for step in self.steps)
+
+    @property
+    def any_succeeded(self) -> bool:
+        return any(step.success for step in self.steps)
 
     def __repr__(self) -> str:  # short: asyncio reprs task results, and a block may hold 100k steps
         return (
@@ -83,9 +110,15 @@ class ParallelBlockResult:
             "status": self.status.value,
             "failed_count": self.failed_count,
             "succeeded_count": self.succeeded_count,
+            "skipped_count": self.skipped_count,
             "duration": self.duration,
             "steps": [s.to_dict() for s in self.steps],
         }
+
+
+def _failed_by_hand(step: StepResult) -> bool:
+    """A result built by hand (seed API) has only ``success``/``skipped``; count it by those."""
+    return step.status is StepStatus.PENDING and not step.success and not step.skipped
 
 
 @dataclass(repr=False)
@@ -101,6 +134,7 @@ class RunResult:
     ended_at: float = 0.0
     interrupted: bool = False
     mode: str = "sequential"
+    signal: int | None = None  # the signal number that interrupted the run (SIGINT, SIGTERM)
 
     def __repr__(self) -> str:  # short: asyncio.run() reprs the main task's result
         return (
@@ -124,6 +158,7 @@ class RunResult:
             "run_id": self.run_id,
             "success": self.success,
             "interrupted": self.interrupted,
+            "signal": self.signal,
             "mode": self.mode,
             "started_at": self.started_at,
             "ended_at": self.ended_at,

@@ -1,9 +1,9 @@
-"""WorkflowEngine: runs a whole workflow on a runner.
+"""WorkflowEngine: wires one run together; every scheduling decision is the scheduler's.
 
-It picks the path (sequential, parallel blocks in a sequence, or DAG), runs the
-``on_success``/``on_failure`` hook lists, turns Ctrl-C/SIGTERM into a
-cancellation that kills every running step, and guarantees every step ends
-with a final state (no silently lost step).
+It builds the run state (runner, renderer, listeners, limits), runs the main
+group (a sequence or a DAG) and then the ``on_success``/``on_failure`` hooks,
+turns SIGINT/SIGTERM into an interrupt that kills every running step, and
+makes sure every step ends with a final state (no silently lost step).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from devctl_dist.core.async_utils import RateLimiter
 from devctl_dist.core.events import EventBus, RunListener
 from devctl_dist.core.exceptions import RunInterrupted
+from devctl_dist.core.results import RunResult, StepStatus
 from devctl_dist.runners.base import StepRunner
+from devctl_dist.workflows.capacity import Capacity
 from devctl_dist.workflows.graph import DependencyGraph
-from devctl_dist.workflows.parallel import ParallelExecutor
-from devctl_dist.workflows.results import RunResult, StepStatus
-from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
-from devctl_dist.workflows.step_executor import RunState, skipped
+from devctl_dist.workflows.parallel import INTERRUPTED, ParallelExecutor
+from devctl_dist.workflows.run_state import RunState, skipped
+from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.templating import TemplateRenderer
 from devctl_dist.workflows.validation import iter_steps, normalize, validate_workflow
 
@@ -59,8 +59,10 @@ class WorkflowEngine:
         self.listeners = list(listeners)
         self.runner = runner
         self.cwd = cwd
-        self.state: RunState  # created in run_async: semaphores belong to the running loop
-        self.executor: ParallelExecutor
+        self.signal: int | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self.state: RunState  # created in run_async: everything loop-bound belongs to the running loop
+        self.executor: ParallelExecutor | None = None
 
     @property
     def mode(self) -> str:
@@ -69,63 +71,62 @@ class WorkflowEngine:
         return "sequential" if self.workflow.is_sequential else "parallel"
 
     def run(self) -> RunResult:
-        """Run to completion; SIGINT/SIGTERM cancel the run and it returns ``interrupted``."""
+        """Run to completion; SIGINT/SIGTERM interrupt the run and it returns ``interrupted``."""
         return asyncio.run(self._run_with_signals())
 
     async def _run_with_signals(self) -> RunResult:
         loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-        wanted = (signal.SIGINT, signal.SIGTERM)
         installed = []
-        for signum in wanted:
+        for signum in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(signum, main.cancel)
+                loop.add_signal_handler(signum, self.interrupt, signum)
                 installed.append(signum)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
+        self._main = asyncio.current_task()
         try:
             return await self.run_async()
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
 
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """Stop the run like ``fail_all``: running steps are killed, the rest skipped."""
+        if self.signal is None:
+            self.signal = signum
+        if self.executor is not None:
+            self.executor.interrupt()
+        elif self._main is not None:
+            self._main.cancel()  # still starting the runner
+
     async def run_async(self) -> RunResult:
-        """Run the workflow on the current loop; cancellation yields an ``interrupted`` result."""
+        """Run the workflow on the current loop; an interrupt yields an ``interrupted`` result."""
         runner = self.runner or _default_runner()
         events = EventBus(self.listeners)
         renderer = TemplateRenderer(self.variables, {**os.environ, **self.workflow.env})
         env = {k: renderer.render(v, step="env") if "{" in v else v for k, v in self.workflow.env.items()}
-        limiter = RateLimiter(self.config.rate_limit) if self.config.rate_limit else None
-        self.state = RunState(
-            self.run_id,
-            runner,
-            renderer,
-            events,
-            env,
-            asyncio.Semaphore(self.config.max_concurrent),
-            limiter,
-            cwd=self.cwd,
-        )
-        self.executor = ParallelExecutor(self, self.config)
+        capacity = Capacity(self.config.max_concurrent, self.config.rate_limit)
+        self.state = RunState(self.run_id, runner, renderer, events, env, capacity, cwd=self.cwd)
         result = RunResult(self.workflow.name, self.run_id, False, started_at=time.time(), mode=self.mode)
         names = [s.display_name for s in iter_steps(self.workflow) if not s.is_block]
         await self._start_runner(runner)  # an unreachable broker fails here, before any output
+        executor = self.executor = ParallelExecutor(self.state, self.config)
         events.run_started(self.workflow.name, self.run_id, self.mode, names)
         try:
-            result.success = await self._run_main()
+            result.success = await self._run_main(executor)
             hooks = self.workflow.on_success if result.success else self.workflow.on_failure
-            if hooks:
-                result.success = await self._run_sequence(hooks) and result.success
-        except asyncio.CancelledError:
-            result.interrupted = True
+            if hooks and self.signal is None:
+                result.success = await executor.execute_sequence(hooks) and result.success
+        except asyncio.CancelledError:  # cancelled from outside: the groups already stopped their steps
             result.success = False
+            self.signal = self.signal or signal.SIGINT
         finally:
             await runner.close()
+        if self.signal is not None:
+            result.interrupted, result.signal, result.success = True, self.signal, False
         return self._finalize(result)
 
-    @staticmethod
-    async def _start_runner(runner: StepRunner) -> None:
+    async def _start_runner(self, runner: StepRunner) -> None:
         try:
             await runner.start()
         except BaseException as error:
@@ -134,36 +135,17 @@ class WorkflowEngine:
                 raise RunInterrupted("interrupted before the run started") from None
             raise
 
-    async def _run_main(self) -> bool:
+    async def _run_main(self, executor: ParallelExecutor) -> bool:
         if self.workflow.is_dag:
-            graph = DependencyGraph(self.workflow.steps)
-            outcome = await self.executor.execute_dag(graph)
-            return all(self.state.is_benign(r) for r in outcome.values())
-        return await self._run_sequence(self.workflow.steps)
-
-    async def _run_sequence(self, steps: Sequence[WorkflowStepSchema]) -> bool:
-        """The original engine's rule: a failing step stops the sequence unless its failure is allowed."""
-        for index, step in enumerate(steps):
-            result = await self.executor.execute_node(step, block=None, allowed=None)
-            if not step.is_block:
-                result = self.state.finish(result)
-            else:
-                self.state.results.setdefault(result.name, result)
-            if not self.state.is_benign(result):
-                for later in steps[index + 1 :]:
-                    self.state.finish(
-                        skipped(later.display_name, f"'{step.display_name}' {result.status.value}")
-                    )
-                return False
-        return True
+            return (await executor.run_dag(DependencyGraph(self.workflow.steps))).success
+        return await executor.execute_sequence(self.workflow.steps)
 
     def _finalize(self, result: RunResult) -> RunResult:
-        """Give every step a final state, then announce the result."""
-        reason = "run interrupted" if result.interrupted else "not reached"
+        """Give every step a final state (a safety net: the scheduler already did), then announce."""
+        reason = INTERRUPTED if result.interrupted else "not reached"
         for record in list(self.state.live.values()):
             record.status, record.error = StepStatus.CANCELLED, reason
             record.ended_at = time.time()
-            record.duration = record.ended_at - (record.started_at or record.ended_at)
             self.state.finish(record)
         for step in iter_steps(self.workflow):
             if step.is_block:
@@ -175,7 +157,7 @@ class WorkflowEngine:
         for hook in iter_steps(self.workflow, hooks_only=True):
             if not hook.is_block and hook.display_name in self.state.results:
                 result.steps[hook.display_name] = self.state.results[hook.display_name]
-        result.blocks = list(self.executor.blocks)
+        result.blocks = list(self.executor.blocks) if self.executor is not None else []
         result.ended_at = time.time()
         self.state.events.run_finished(result)
         return result

@@ -56,6 +56,7 @@ class DependencyGraph:
     """
 
     def __init__(self, steps: Iterable[GraphNode]) -> None:
+        """Raise for a duplicate name or an unknown dependency at once; cycles wait for ``validate``."""
         self.steps: dict[str, GraphNode] = {}
         with _gc_paused():
             for node in steps:
@@ -63,6 +64,7 @@ class DependencyGraph:
                 if name in self.steps:
                     raise DuplicateStepError(name)
                 self.steps[name] = node
+        self._check_missing()
         self._layers: list[list[str]] | None = None
 
     @classmethod
@@ -130,8 +132,15 @@ class DependencyGraph:
         """Steps that depend on nothing, in declaration order."""
         return [name for name, node in self.steps.items() if not node.depends_on]
 
-    def has_dependencies(self, name: str) -> bool:
+    def has_dependencies(self, name: str | None = None) -> bool:
+        """Whether step ``name`` has dependencies; without a name, whether any step has."""
+        if name is None:
+            return any(node.depends_on for node in self.steps.values())
         return bool(self.steps[name].depends_on)
+
+    def frontier(self) -> Frontier:
+        """A fresh frontier over this (validated) graph, for one run of it."""
+        return Frontier({name: node.depends_on for name, node in self.steps.items()})
 
     def ancestors(self, name: str) -> set[str]:
         """Every step ``name`` depends on, directly or transitively."""
@@ -218,3 +227,75 @@ def plan_waves(layers: list[list[str]], max_concurrent: int) -> list[list[str]]:
         for start in range(0, len(layer), max_concurrent):
             waves.append(layer[start : start + max_concurrent])
     return waves
+
+
+Blocked = tuple[str, str]  # (a step that can no longer run, the dependency that stopped it)
+
+
+class Frontier:
+    """What may start next in one run of a graph: graphlib's prepare / get_ready / done, plus failure.
+
+    ``done(name, ok=False)`` answers which dependents can no longer run, so the
+    scheduler never re-derives reachability itself. Nodes are names in
+    declaration order; the graph must already be validated (no cycle, no
+    unknown dependency). Linear in nodes plus edges over a whole run.
+    """
+
+    def __init__(self, deps: Mapping[str, Iterable[str]]) -> None:
+        with _gc_paused():
+            self._index = {name: i for i, name in enumerate(deps)}
+            self._waiting = {name: len(set(names)) for name, names in deps.items()}
+            self._dependents: dict[str, list[str]] = {name: [] for name in deps}
+            for name, names in deps.items():
+                for dep in set(names):
+                    self._dependents[dep].append(name)
+        self._ready: list[str] = []
+        self._settled: set[str] = set()
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Mark the roots ready; call once before ``get_ready``."""
+        if self._prepared:
+            raise ValueError("frontier already prepared")
+        self._prepared = True
+        self._ready = [name for name, count in self._waiting.items() if count == 0]
+
+    def get_ready(self) -> list[str]:
+        """Nodes whose dependencies all succeeded since the last call, in declaration order."""
+        ready, self._ready = [n for n in self._ready if n not in self._settled], []
+        if len(ready) > 1:
+            ready.sort(key=self._index.__getitem__)
+        return ready
+
+    def done(self, name: str, ok: bool) -> list[Blocked]:
+        """Settle ``name``; when not ``ok``, return every dependent that can no longer run.
+
+        The list is in the order the blockage spreads (direct dependents first),
+        each with the dependency that stopped it; those nodes are settled too.
+        """
+        if name in self._settled:
+            raise ValueError(f"node {name!r} already settled")
+        self._settled.add(name)
+        if ok:
+            for child in self._dependents[name]:
+                self._waiting[child] -= 1
+                if self._waiting[child] == 0 and child not in self._settled:
+                    self._ready.append(child)
+            return []
+        blocked: list[Blocked] = []
+        queue = [name]
+        for parent in queue:
+            for child in sorted(self._dependents[parent], key=self._index.__getitem__):
+                if child not in self._settled:
+                    self._settled.add(child)
+                    blocked.append((child, parent))
+                    queue.append(child)
+        return blocked
+
+    def skip(self, name: str) -> None:
+        """Settle a node that will never run for a reason outside the graph (a stop, a timeout)."""
+        self._settled.add(name)
+
+    def is_active(self) -> bool:
+        """True while some node is neither settled nor handed out."""
+        return len(self._settled) < len(self._index)

@@ -1,59 +1,69 @@
-"""The scheduler: parallel blocks and dependency graphs over a ``StepRunner``.
+"""The scheduler: the one place that decides what starts, what is cancelled and what is skipped.
 
-One algorithm serves both: a block is a group of nodes without edges, a DAG a
-group with edges. Nodes start as soon as their dependencies succeeded; the
-group's failure policy decides what a failure does to the others:
+A *group* is a set of nodes (command steps or nested blocks) with edges and a
+failure policy. The whole workflow is one: a sequence is a group whose nodes
+run one at a time and whose first failure stops the rest; a parallel block is
+a group under its own cap and timeout; a DAG is a group with edges. Which node
+may start is the graph's business (``graph.Frontier``); this module owns
+policies, deadlines and cancellation; when a step may take a slot is
+``capacity.py``'s. Every decision is made in a synchronous callback (a step
+ended, a deadline passed, an interrupt), so no two decisions interleave.
+
+Policies, on a node's failure (``StepStatus.is_failure``):
 
 - ``fail_all``: cancel running nodes (their processes die), skip the rest;
-- ``complete_running``: start nothing new, let running nodes finish;
+- ``complete_running`` and ``sequence``: start nothing new, let running nodes finish;
 - ``continue``: independent nodes go on; dependents of a failure are skipped.
 
-Concurrency slots, the rate limiter and the attempts live in
-``step_executor``; this module never prints (it emits events).
+This module never prints: it emits events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
-from devctl_dist.workflows.graph import DependencyGraph
-from devctl_dist.workflows.results import ParallelBlockResult, StepResult, StepStatus
+from devctl_dist.core.exceptions import DevctlError
+from devctl_dist.core.results import ParallelBlockResult, StepResult, StepStatus
+from devctl_dist.workflows.capacity import Cap
+from devctl_dist.workflows.graph import DependencyGraph, Frontier
+from devctl_dist.workflows.run_state import RunState, skipped
 from devctl_dist.workflows.schema import ParallelBlockSchema, ParallelConfigSchema, WorkflowStepSchema
-from devctl_dist.workflows.step_executor import OPEN, Admission, RunState, StepExecutor, skipped
+from devctl_dist.workflows.step_executor import StepRun, Stop, failed_before_start, prepare_spec
 
-if TYPE_CHECKING:
-    from devctl_dist.workflows.engine import WorkflowEngine
-
-log = logging.getLogger(__name__)
-
-FailurePolicy = Literal["fail_all", "continue", "complete_running"]
-_FAILURES = (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED)
+Policy = Literal["fail_all", "continue", "complete_running", "sequence"]
+INTERRUPTED = "run interrupted"
 
 
 @dataclass
 class Group:
-    """Nodes scheduled together, with their edges and failure rules."""
+    """What a group is: its nodes, edges, policy and limits (no run state)."""
 
     label: str | None
     nodes: dict[str, WorkflowStepSchema]
-    deps: Mapping[str, Collection[str]]
-    policy: FailurePolicy
+    deps: Mapping[str, Sequence[str]]
+    policy: Policy
+    node_cap: int | None = None
+    cap: Cap | None = None
     timeout: float | None = None
-    admission: Admission = OPEN
-    base_allowed: frozenset[str] | None = None
-    dag: bool = False
-    cap: asyncio.Semaphore | None = None
+    visible_base: frozenset[str] | None = None  # None: every result is visible (sequences)
+    event_label: str | None = None  # block_started/finished under this name; None: no events
+    record: bool = False  # listed in ``RunResult.blocks``
+    parent_caps: tuple[Cap, ...] = field(default=())
+
+    @property
+    def caps(self) -> tuple[Cap, ...]:
+        return self.parent_caps if self.cap is None else (*self.parent_caps, self.cap)
 
 
 class Ancestry(Collection[str]):
     """The results a DAG step may read: its ancestors (computed only when asked)."""
 
-    def __init__(self, name: str, deps: Mapping[str, Collection[str]], base: frozenset[str]) -> None:
+    def __init__(self, name: str, deps: Mapping[str, Sequence[str]], base: frozenset[str]) -> None:
         self._name, self._deps, self._base = name, deps, base
         self._cache: set[str] | None = None
 
@@ -79,292 +89,311 @@ class Ancestry(Collection[str]):
         return len(self._all())
 
 
-class ParallelExecutor:
-    """Runs parallel blocks and DAGs under the run-wide limits of ``config``."""
+class GroupRun:
+    """One group while it runs. ``on_done`` receives its block result exactly once."""
 
-    def __init__(self, engine: WorkflowEngine, config: ParallelConfigSchema) -> None:
-        self.engine = engine
+    def __init__(
+        self, executor: ParallelExecutor, group: Group, on_done: Callable[[ParallelBlockResult], None]
+    ):
+        self.executor, self.group, self.state = executor, group, executor.state
+        self.on_done = on_done
+        self.frontier = Frontier({name: group.deps.get(name, ()) for name in group.nodes})
+        self.active: dict[str, StepRun | GroupRun] = {}
+        self.waiting: deque[str] = deque()
+        self.outcome: dict[str, StepResult] = {}
+        self.benign: set[str] = set()  # skipped only because a condition was false (or a dependency's was)
+        self.stop: Stop | None = None  # set once: by a failure, the deadline or the parent
+        self.why: Literal["failure", "timeout", "parent"] | None = None
+        self._inbox: deque[tuple[str, StepResult]] = deque()
+        self._busy = False
+        self._finished = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._started_at = time.time()
+
+    # ------------------------------------------------------------ entry points (callbacks)
+
+    def start(self) -> None:
+        group = self.group
+        if group.event_label is not None:
+            self.state.events.block_started(group.event_label, list(group.nodes))
+        if group.timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(group.timeout, self._deadline)
+        self.frontier.prepare()
+        self._run(self._launch_ready)
+
+    def cancel(self, stop: Stop) -> None:
+        """The parent stops this group: running nodes end as ``stop.status``, the rest are skipped."""
+        self._run(lambda: self._halt(stop, "parent", cancel_running=True))
+
+    def _deadline(self) -> None:
+        self._timer = None
+        reason = f"block '{self.group.label}' timed out after {self.group.timeout:g}s"
+        self._run(
+            lambda: self._halt(Stop(StepStatus.TIMED_OUT, reason, reason), "timeout", cancel_running=True)
+        )
+        self.state.capacity.dispatch()
+
+    def _post(self, name: str, result: StepResult) -> None:
+        """A node reached its final result."""
+        self._inbox.append((name, result))
+        self._run(None)
+
+    def _run(self, action: Callable[[], None] | None) -> None:
+        """Apply one event and everything it causes, one node result at a time (never re-entrantly)."""
+        if action is not None and self._busy:
+            raise RuntimeError("scheduler re-entered")  # a bug: every entry point is a callback
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            if action is not None:
+                action()
+            while self._inbox:
+                name, result = self._inbox.popleft()
+                self._settle(name, result)
+                self._launch_ready()
+        finally:
+            self._busy = False
+        self._check_done()
+
+    # ------------------------------------------------------------ decisions
+
+    def _launch_ready(self) -> None:
+        self.waiting.extend(self.frontier.get_ready())
+        cap = self.group.node_cap
+        while self.waiting and self.stop is None and (cap is None or len(self.active) < cap):
+            self._launch(self.waiting.popleft())
+            if self._inbox:  # it ended at once: apply that before starting anything else
+                return
+
+    def _launch(self, name: str) -> None:
+        step = self.group.nodes[name]
+        visible = self._visible(name)
+        verdict = self._condition(step, visible)
+        if verdict is not None:
+            self._ended_at_once(step, verdict)
+            return
+        if step.parallel is not None:
+            child = GroupRun(
+                self.executor, self._child_group(step, visible), lambda r: self._block_done(name, r)
+            )
+            self.active[name] = child
+            child.start()
+            return
+        try:
+            spec = prepare_spec(self.state, step, visible)
+        except DevctlError as error:
+            self._ended_at_once(step, failed_before_start(step, self.group.label, str(error)))
+            return
+        self.active[name] = StepRun(
+            self.state,
+            step,
+            spec,
+            block=self.group.label,
+            caps=self.group.caps,
+            on_done=lambda result: self._post(name, result),
+        )
+
+    def _settle(self, name: str, result: StepResult) -> None:
+        self.active.pop(name, None)
+        self.outcome[name] = result
+        for child, dep in self.frontier.done(name, result.status.ok):
+            if dep in self.benign:
+                self.benign.add(child)
+            verb = (
+                "was skipped"
+                if self.outcome[dep].status is StepStatus.SKIPPED
+                else self.outcome[dep].status.value
+            )
+            self._skip(child, f"dependency '{dep}' {verb}")
+        if result.status.is_failure and self.stop is None and self.group.policy != "continue":
+            cause = f"'{name}' {result.status.value}"
+            stop = Stop(StepStatus.CANCELLED, f"cancelled: {cause}", f"not started: {cause}")
+            self._halt(stop, "failure", cancel_running=self.group.policy == "fail_all")
+
+    def _halt(
+        self, stop: Stop, why: Literal["failure", "timeout", "parent"], *, cancel_running: bool
+    ) -> None:
+        """Start nothing more; skip what has not started; cancel what runs when asked to."""
+        if self._finished:
+            return
+        if self.why is None or (self.why == "failure" and why != "failure"):
+            self.stop, self.why = stop, why  # a deadline or the parent outranks an earlier failure
+        for node in list(self.active.values()):
+            if cancel_running or (isinstance(node, StepRun) and not node.started):
+                node.cancel(stop)
+        for name in self.group.nodes:
+            if name not in self.outcome and name not in self.active:
+                self.frontier.skip(name)
+                self._skip(name, stop.pending)
+        self.waiting.clear()
+
+    def _condition(self, step: WorkflowStepSchema, visible: Collection[str] | None) -> StepResult | None:
+        """``None`` when the node may run; else its final result (skipped, or failed on a bad condition)."""
+        if step.condition is None:
+            return None
+        try:
+            go = self.state.renderer.judge(
+                step.condition, step=step.display_name, results=self.state.results, allowed=visible
+            )
+        except DevctlError as error:
+            return failed_before_start(step, self.group.label, str(error))
+        if go:
+            return None
+        self.benign.add(step.display_name)
+        reason = f"condition is false: {step.condition}"
+        if step.parallel is not None:
+            self._skip_inside(step, reason)
+        return skipped(step.display_name, reason, self.group.label)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _ended_at_once(self, step: WorkflowStepSchema, result: StepResult) -> None:
+        """A node decided without running (condition, bad template): record it, then settle it."""
+        if step.parallel is None:
+            result = self.state.finish(result)
+        else:
+            self.state.finish_block(result)
+        self._post(step.display_name, result)
+
+    def _skip(self, name: str, reason: str) -> None:
+        """Record a node that will never start (and, for a block, every step inside it)."""
+        step = self.group.nodes[name]
+        result = skipped(name, reason, self.group.label)
+        self.outcome[name] = result
+        if step.parallel is None:
+            self.state.finish(result)
+        else:
+            self._skip_inside(step, reason)
+            self.state.finish_block(result)
+
+    def _skip_inside(self, step: WorkflowStepSchema, reason: str) -> None:
+        assert step.parallel is not None
+        for inner in step.parallel.steps:
+            result = skipped(inner.display_name, reason, step.display_name)
+            if inner.parallel is None:
+                self.state.finish(result)
+            else:
+                self._skip_inside(inner, reason)
+                self.state.finish_block(result)
+
+    def _block_done(self, name: str, block: ParallelBlockResult) -> None:
+        error = None if block.success else f"block '{name}' {block.status.value}"
+        result = StepResult(
+            name=name,
+            success=block.success,
+            status=block.status,
+            duration=block.duration,
+            block=self.group.label,
+            error=error,
+        )
+        self.state.finish_block(result)
+        self._post(name, result)
+
+    def _check_done(self) -> None:
+        if self._finished or self._busy or self.active or len(self.outcome) < len(self.group.nodes):
+            return
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        group = self.group
+        steps = [self.outcome[name] for name in group.nodes]
+        success = self.why is None or self.why == "failure"
+        success = success and all(r.status.ok or r.name in self.benign for r in steps)
+        if self.why == "timeout" or (
+            self.why == "parent" and self.stop and self.stop.status is StepStatus.TIMED_OUT
+        ):
+            status = StepStatus.TIMED_OUT
+        elif self.why == "parent":
+            status = StepStatus.CANCELLED
+        else:
+            status = StepStatus.SUCCEEDED if success else StepStatus.FAILED
+        result = ParallelBlockResult(group.label, success, steps, status, time.time() - self._started_at)
+        if group.record:
+            self.executor.blocks.append(result)
+        if group.event_label is not None:
+            self.state.events.block_finished(result)
+        self.on_done(result)
+
+    def _visible(self, name: str) -> Collection[str] | None:
+        base = self.group.visible_base
+        return None if base is None else Ancestry(name, self.group.deps, base)
+
+    def _child_group(self, step: WorkflowStepSchema, visible: Collection[str] | None) -> Group:
+        block = step.parallel
+        assert block is not None
+        label = step.display_name
+        nodes = {inner.display_name: inner for inner in block.steps}
+        return Group(
+            label=label,
+            nodes=nodes,
+            deps={n: s.depends_on for n, s in nodes.items()},
+            policy=block.on_failure,
+            cap=None if block.max_concurrent is None else Cap(block.max_concurrent, label),
+            timeout=block.timeout,
+            visible_base=None if visible is None else frozenset(visible),
+            event_label=label,
+            record=True,
+            parent_caps=self.group.caps,
+        )
+
+
+class ParallelExecutor:
+    """Runs sequences, parallel blocks and DAGs of one run under its run-wide limits."""
+
+    def __init__(self, state: RunState, config: ParallelConfigSchema) -> None:
+        self.state = state
         self.config = config
-        self.state: RunState = engine.state
-        self.semaphore = self.state.slots
-        self.rate_limiter = self.state.limiter
         self.fail_fast = config.fail_fast
-        self.steps = StepExecutor(self.state)
         self.blocks: list[ParallelBlockResult] = []
-        self.block_names: set[str] = set()
+        self._roots: list[GroupRun] = []
+
+    async def execute_sequence(self, steps: Sequence[WorkflowStepSchema]) -> bool:
+        """The original engine's rule: one step at a time; a failure stops the rest, allowed ones go on."""
+        nodes = {step.display_name: step for step in steps}
+        group = Group(None, nodes, {}, "sequence", node_cap=1)
+        return (await self._run_root(group)).success
 
     async def execute_parallel_block(
-        self,
-        block: ParallelBlockSchema,
-        *,
-        name: str | None = None,
-        allowed: frozenset[str] | None = None,
-        admission: Admission = OPEN,
+        self, block: ParallelBlockSchema, *, name: str | None = None
     ) -> ParallelBlockResult:
-        """Run a block's steps concurrently under its cap, timeout and failure mode."""
+        """Run one block on its own (the seed's API); inside a workflow, blocks are nodes of a group."""
         label = name or block.name or "parallel block"
-        nodes = {step.display_name: step for step in block.steps}
-        cap = None if block.max_concurrent is None else asyncio.Semaphore(block.max_concurrent)
-        group = Group(
-            label,
-            nodes,
-            {n: s.depends_on for n, s in nodes.items()},
-            block.on_failure,
-            block.timeout,
-            admission,
-            allowed,
-            dag=allowed is not None,
-            cap=cap,
-        )
-        self.block_names.add(label)
-        self.state.events.block_started(label, list(nodes))
-        started = time.time()
-        try:
-            outcome, timed_out = await self._run_group(group)
-        except asyncio.CancelledError:  # an outer fail_all, fail_fast or Ctrl-C: still report the block
-            steps = [self.state.results.get(n) or skipped(n, "run cancelled", label) for n in nodes]
-            result = _block_result(self.state, label, steps, False, time.time() - started)
-            result.status, result.success = StepStatus.CANCELLED, False
-            self.blocks.append(result)
-            self.state.events.block_finished(result)
-            raise
-        result = _block_result(
-            self.state, label, [outcome[n] for n in nodes], timed_out, time.time() - started
-        )
-        self.blocks.append(result)
-        self.state.events.block_finished(result)
-        return result
+        wrapper = WorkflowStepSchema(name=label, parallel=block)
+        await self.execute_sequence([wrapper])
+        return self.blocks[-1]
 
     async def execute_dag(self, graph: DependencyGraph) -> dict[str, StepResult]:
-        """Run a validated graph: each node starts when all its dependencies succeeded."""
-        nodes = {name: graph.steps[name] for name in graph.order()}
-        policy: FailurePolicy = "fail_all" if self.fail_fast else "continue"
-        group = Group(None, nodes, graph.dependencies, policy, base_allowed=frozenset(), dag=True)  # type: ignore[arg-type]
-        self.state.events.block_started("dag", list(nodes))
-        started = time.time()
-        outcome, _ = await self._run_group(group)
-        result = _block_result(self.state, "dag", [outcome[n] for n in nodes], False, time.time() - started)
-        self.state.events.block_finished(result)
-        return outcome
+        """Run a validated graph: each node starts once all its dependencies succeeded."""
+        return {step.name: step for step in (await self.run_dag(graph)).steps}
 
-    async def execute_node(
-        self,
-        step: WorkflowStepSchema,
-        *,
-        block: str | None,
-        allowed: Collection[str] | None,
-        admission: Admission = OPEN,
-    ) -> StepResult:
-        """One node of a sequence, block or DAG: a command step or a nested block.
-
-        Never raises but for cancellation: an unexpected error becomes a failed
-        result, so no step is ever lost.
-        """
-        try:
-            if step.parallel is None:
-                return await self.steps.execute(step, block=block, allowed=allowed, admission=admission)
-            return await self._execute_block_node(step, block=block, allowed=allowed, admission=admission)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # a runner or broker fault must not orphan the other steps
-            log.exception("step %s failed inside devctl", step.display_name)
-            return StepResult(
-                name=step.display_name,
-                success=False,
-                status=StepStatus.FAILED,
-                block=block,
-                error=f"{type(error).__name__}: {error}",
-            )
-
-    async def _execute_block_node(
-        self,
-        step: WorkflowStepSchema,
-        *,
-        block: str | None,
-        allowed: Collection[str] | None,
-        admission: Admission,
-    ) -> StepResult:
-        assert step.parallel is not None
-        name = step.display_name
-        verdict = self.steps.check_condition(step, block, allowed)
-        if verdict is not None:
-            return verdict
-        frozen = None if allowed is None else frozenset(allowed)
-        result = await self.execute_parallel_block(
-            step.parallel, name=name, allowed=frozen, admission=admission
-        )
-        return StepResult(
-            name=name,
-            success=result.success,
-            status=result.status,
-            duration=result.duration,
-            block=block,
-            error=None if result.success else f"block '{name}' {result.status.value}",
+    async def run_dag(self, graph: DependencyGraph) -> ParallelBlockResult:
+        """``execute_dag`` with the group's verdict (a condition-false skip does not fail it)."""
+        nodes: dict[str, WorkflowStepSchema] = {name: graph.steps[name] for name in graph.order()}  # type: ignore[misc]
+        deps = {name: list(step.depends_on) for name, step in nodes.items()}
+        policy: Policy = "fail_all" if self.fail_fast else "continue"
+        return await self._run_root(
+            Group(None, nodes, deps, policy, visible_base=frozenset(), event_label="dag")
         )
 
-    async def _run_group(self, group: Group) -> tuple[dict[str, StepResult], bool]:
-        run = _GroupRun(self, group)
+    def interrupt(self, reason: str = INTERRUPTED) -> None:
+        """Ctrl-C: cancel every running group like ``fail_all``; the awaiting calls then return."""
+        stop = Stop(StepStatus.CANCELLED, reason, reason)
+        for root in list(self._roots):
+            root.cancel(stop)
+
+    async def _run_root(self, group: Group) -> ParallelBlockResult:
+        done: asyncio.Future[ParallelBlockResult] = asyncio.get_running_loop().create_future()
+        root = GroupRun(self, group, done.set_result)
+        self._roots.append(root)
         try:
-            return await run.drive()
-        except asyncio.CancelledError:
-            await run.cancel_all(StepStatus.CANCELLED, "run cancelled")
-            run.skip_rest("run cancelled")
-            raise
-
-
-class _GroupRun:
-    """The mutable state of one group while it runs."""
-
-    def __init__(self, executor: ParallelExecutor, group: Group) -> None:
-        self.executor, self.group, self.state = executor, group, executor.state
-        self.index = {name: i for i, name in enumerate(group.nodes)}
-        self.waiting = {name: len(group.deps.get(name, ())) for name in group.nodes}
-        self.dependents: dict[str, list[str]] = {name: [] for name in group.nodes}
-        for name in group.nodes:
-            for dep in group.deps.get(name, ()):
-                if dep in self.dependents:
-                    self.dependents[dep].append(name)
-        self.ready = [name for name in group.nodes if self.waiting[name] == 0]
-        self.tasks: dict[asyncio.Task[StepResult], str] = {}
-        self.finished: list[asyncio.Task[StepResult]] = []
-        self.wakeup = asyncio.Event()
-        self.outcome: dict[str, StepResult] = {}
-        self.stop_reason: str | None = None
-        self._stopping = False
-        self.admission = group.admission.nested(group.cap, self._gate, self._note_result)
-
-    def _gate(self) -> str | None:
-        return None if self.stop_reason is None else f"not started: {self.stop_reason}"
-
-    def _note_result(self, result: StepResult) -> None:
-        """Stop new starts the moment a step fails, before its slot frees (see ``Admission``)."""
-        if self.stop_reason is None and self.group.policy != "continue" and result.status in _FAILURES:
-            self.stop_reason = f"'{result.name}' {result.status.value}"
-
-    async def drive(self) -> tuple[dict[str, StepResult], bool]:
-        loop = asyncio.get_running_loop()
-        deadline = None if self.group.timeout is None else loop.time() + self.group.timeout
-        while True:
-            if self.stop_reason is None:
-                self._start_ready()
-            if not self.tasks:
-                break
-            wait = None if deadline is None else max(0.0, deadline - loop.time())
-            done = await self._next_done(wait)
-            if not done:
-                reason = f"block timed out after {self.group.timeout:g}s"
-                await self.cancel_all(StepStatus.TIMED_OUT, reason)
-                self.skip_rest(reason)
-                return self.outcome, True
-            for task in sorted(done, key=lambda t: self.index[self.tasks[t]]):
-                if task in self.tasks:  # an earlier settle may have cancelled and recorded it
-                    await self._settle(self.tasks.pop(task), task.result())
-        self.skip_rest(self._gate() or "not reached")
-        return self.outcome, False
-
-    async def _next_done(self, timeout: float | None) -> list[asyncio.Task[StepResult]]:
-        """Tasks finished since last asked; O(1) per completion, unlike ``asyncio.wait`` over all tasks."""
-        if not self.finished:
+            root.start()
+            self.state.capacity.dispatch()
             try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout)
-            except TimeoutError:
-                return []
-        self.wakeup.clear()
-        done, self.finished = self.finished, []
-        return done
-
-    def _on_task_done(self, task: asyncio.Task[StepResult]) -> None:
-        self.finished.append(task)
-        self.wakeup.set()
-
-    def _start_ready(self) -> None:
-        self.ready.sort(key=self.index.__getitem__)
-        for name in self.ready:
-            step = self.group.nodes[name]
-            coro = self.executor.execute_node(
-                step, block=self.group.label, allowed=self._allowed(name), admission=self.admission
-            )
-            task = asyncio.ensure_future(coro)
-            task.add_done_callback(self._on_task_done)
-            self.tasks[task] = name
-        self.ready.clear()
-
-    def _allowed(self, name: str) -> Collection[str] | None:
-        if not self.group.dag:
-            return None
-        return Ancestry(name, self.group.deps, self.group.base_allowed or frozenset())
-
-    async def _settle(self, name: str, result: StepResult) -> None:
-        self.outcome[name] = self._finish(result)
-        if result.status.ok:
-            for child in self.dependents[name]:
-                self.waiting[child] -= 1
-                if self.waiting[child] == 0 and child not in self.outcome:
-                    self.ready.append(child)
-            return
-        verb = "was skipped" if result.status is StepStatus.SKIPPED else result.status.value
-        self._skip_dependents(name, f"dependency '{name}' {verb}", benign=name in self.state.benign_skips)
-        if result.status not in _FAILURES or self.group.policy == "continue" or self._stopping:
-            return
-        self._stopping = True
-        self.stop_reason = self.stop_reason or f"'{name}' {result.status.value}"
-        if self.group.policy == "fail_all":
-            await self.cancel_all(StepStatus.CANCELLED, f"cancelled: {self.stop_reason}")
-        else:
-            await self.cancel_all(StepStatus.SKIPPED, f"not started: {self.stop_reason}", only_waiting=True)
-
-    def _skip_dependents(self, name: str, reason: str, benign: bool) -> None:
-        for child in self.dependents[name]:
-            if child not in self.outcome:
-                if benign:
-                    self.state.benign_skips.add(child)
-                self.outcome[child] = self._finish(skipped(child, reason, self.group.label))
-                self._skip_dependents(child, f"dependency '{child}' was skipped", benign)
-
-    async def cancel_all(self, status: StepStatus, reason: str, only_waiting: bool = False) -> None:
-        """Cancel running (or only not-yet-started) nodes and record why."""
-        targets = [t for t, n in self.tasks.items() if not (only_waiting and self._has_started(n))]
-        for task in targets:
-            task.cancel()
-        settled = await asyncio.gather(*targets, return_exceptions=True)
-        for task, value in zip(targets, settled, strict=True):
-            name = self.tasks.pop(task)
-            if isinstance(value, StepResult):
-                self.outcome[name] = self._finish(value)
-            else:
-                self.outcome[name] = self._finish(self._interrupted(name, status, reason))
-
-    def _has_started(self, name: str) -> bool:
-        return name in self.state.live or self.group.nodes[name].is_block
-
-    def _interrupted(self, name: str, status: StepStatus, reason: str) -> StepResult:
-        record = self.state.live.get(name)
-        if record is None:
-            done = self.state.results.get(name)
-            return done if done is not None else skipped(name, reason, self.group.label)
-        record.status = status
-        record.error = reason
-        record.ended_at = time.time()
-        record.duration = record.ended_at - (record.started_at or record.ended_at)
-        return record
-
-    def skip_rest(self, reason: str) -> None:
-        for name in self.group.nodes:
-            if name not in self.outcome:
-                self.outcome[name] = self._finish(skipped(name, reason, self.group.label))
-
-    def _finish(self, result: StepResult) -> StepResult:
-        if self.group.nodes.get(result.name) is not None and self.group.nodes[result.name].is_block:
-            self.state.results.setdefault(result.name, result)
-            return self.state.results[result.name]
-        return self.state.finish(result)
-
-
-def _block_result(
-    state: RunState, label: str, steps: list[StepResult], timed_out: bool, duration: float
-) -> ParallelBlockResult:
-    failed = [s for s in steps if s.status in (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED)]
-    succeeded = [s for s in steps if s.status.ok]
-    success = not timed_out and all(state.is_benign(s) for s in steps)
-    status = StepStatus.TIMED_OUT if timed_out else StepStatus.SUCCEEDED if success else StepStatus.FAILED
-    return ParallelBlockResult(label, success, steps, len(failed), len(succeeded), status, duration)
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:  # the awaiting task was cancelled: stop the steps, then go
+                root.cancel(Stop(StepStatus.CANCELLED, INTERRUPTED, INTERRUPTED))
+                await done
+                raise
+        finally:
+            self._roots.remove(root)

@@ -54,8 +54,6 @@ def block_result(name: str, steps: list[StepResult]) -> ParallelBlockResult:
         name=name,
         success=failed == 0,
         steps=steps,
-        failed_count=failed,
-        succeeded_count=len(steps) - failed,
         status=StepStatus.SUCCEEDED if failed == 0 else StepStatus.FAILED,
         duration=2.5,
     )

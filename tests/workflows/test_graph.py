@@ -83,14 +83,18 @@ def test_topological_sort_returns_fresh_lists() -> None:
     assert graph.topological_sort()[0] == ["checkout"]
 
 
-def test_missing_dependency_names_step_and_dependency() -> None:
-    graph = DependencyGraph.from_mapping({"build": [], "deploy": ["build", "tset"]})
+def test_missing_dependency_is_refused_at_construction() -> None:
     with pytest.raises(MissingDependencyError) as caught:
-        graph.validate()
+        DependencyGraph.from_mapping({"build": [], "deploy": ["build", "tset"]})
     assert (caught.value.step, caught.value.missing) == ("deploy", "tset")
     assert str(caught.value) == "step 'deploy' depends on unknown step 'tset'"
-    with pytest.raises(MissingDependencyError):
-        graph.topological_sort()
+    assert "unknown step" in str(caught.value)
+
+
+def test_has_dependencies_without_a_name_asks_about_the_whole_graph() -> None:
+    assert DependencyGraph.from_mapping(SEED_DAG).has_dependencies()
+    assert not DependencyGraph.from_mapping({"a": [], "b": []}).has_dependencies()
+    assert DependencyGraph.from_mapping(SEED_DAG).has_dependencies("deploy")
 
 
 @pytest.mark.parametrize(
