@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, MutableMapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from devctl_dist.settings import Settings
 
@@ -32,18 +32,24 @@ _MIN_SECRET = 4  # shorter "passwords" would match half the environment
 
 
 def secrets_of(urls: Iterable[str]) -> set[str]:
-    """The URLs themselves and the passwords they carry (what must not leak)."""
+    """The URLs themselves and the passwords they carry (what must not leak).
+
+    Passwords are often not percent-encoded and may hold ``/`` or ``@``, so every
+    ``user:password@`` reading of the authority counts (more is scrubbed, never less).
+    """
     found: set[str] = set()
     for url in urls:
         if not url:
             continue
         found.add(url)
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            continue
-        if password and len(password) >= _MIN_SECRET:
-            found.add(password)
+        rest = url.partition("://")[2]
+        at = rest.rfind("@")
+        while at >= 0:
+            password = rest[:at].partition(":")[2]
+            for candidate in (password, unquote(password)):
+                if len(candidate) >= _MIN_SECRET:
+                    found.add(candidate)
+            at = rest.rfind("@", 0, at)
     return found
 
 
