@@ -357,18 +357,26 @@ def _ancestors(pid: int) -> list[int]:
     return chain
 
 
+def _wait_ready(log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while " ready." not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.1)
+
+
 @pytest.mark.distributed
 def test_devctl_worker_serves_its_queue(tmp_path: Path, distributed_env: dict[str, str]) -> None:
     queue = f"cli-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **distributed_env}
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [*DEVCTL, "worker", "--queues", queue, "--concurrency", "1", "--loglevel", "warning"],
+        [*DEVCTL, "worker", "--queues", queue, "--concurrency", "1", "--loglevel", "info"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
+        _wait_ready(tmp_path / "worker.log")  # `run` checks that a live worker consumes the queue
         data = {
             "steps": [{"name": "where", "command": f"!echo $PPID > {tmp_path}/ran-where", "queue": queue}]
         }
