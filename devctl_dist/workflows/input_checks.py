@@ -21,6 +21,7 @@ from devctl_dist.workflows.schema import WorkflowSchema
 Loc = tuple[int | str, ...]
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 100  # nesting levels; workflows use about ten
 MAX_NODES = 1_000_000  # after alias expansion: a 400-byte alias bomb expands to billions
 
 

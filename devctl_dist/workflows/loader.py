@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from devctl_dist.core.exceptions import WorkflowLoadError, WorkflowValidationError
-from devctl_dist.workflows.input_checks import MAX_DOCUMENT_BYTES, check_nodes, suggestion
+from devctl_dist.workflows.input_checks import MAX_DEPTH, MAX_DOCUMENT_BYTES, check_nodes, suggestion
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import normalize
 
@@ -35,8 +35,25 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.first_line = key, line, first_line
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 class _StrictSafeLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (plain YAML keeps the last silently)."""
+    """SafeLoader that rejects duplicate mapping keys (plain YAML keeps the last silently)
+    and nesting deeper than ``MAX_DEPTH`` (PyYAML's scanner is quadratic in the depth)."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooDeep(self.line + 1)
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_DEPTH:
+            raise _TooDeep(self.line + 1)
+        return bool(super().add_indent(column))
 
     def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
         node = super().compose_mapping_node(anchor)
@@ -104,6 +121,10 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         if root is not None:
             check_nodes(root, source)
         data = loader.construct_document(root) if root is not None else None
+    except _TooDeep as deep:
+        raise WorkflowLoadError(
+            f"invalid YAML: nested more than {MAX_DEPTH} levels deep", source, deep.line
+        ) from None
     except _DuplicateKey as dup:
         message = f"duplicate key '{dup.key}' (first defined on line {dup.first_line})"
         raise WorkflowLoadError(message, source, dup.line) from None

@@ -79,7 +79,7 @@ class WorkflowStepSchema(StrictModel):
     @field_validator("params", mode="after")
     @classmethod
     def _json_params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = json_value(value, "params")
+        checked: dict[str, Any] = json_value(value)
         return checked
 
     @field_validator("env", mode="after")
@@ -160,7 +160,7 @@ class WorkflowSchema(StrictModel):
     @field_validator("vars", mode="after")
     @classmethod
     def _json_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = json_value(value, "vars")
+        checked: dict[str, Any] = json_value(value)
         return checked
 
     @property
@@ -194,7 +194,7 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def json_value(value: Any, where: str) -> Any:
+def json_value(value: Any, where: str = "") -> Any:
     """``value`` if JSON can carry it (dates become ISO text), else a ``ValueError`` naming the path.
 
     Steps travel to workers as JSON: a YAML set, binary or non-string key would fail there.
@@ -203,7 +203,7 @@ def json_value(value: Any, where: str) -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{where}: {value} is not allowed (JSON numbers are finite)")
+            raise ValueError(f"{value} is not allowed{_at(where)} (JSON numbers are finite)")
         return value
     if isinstance(value, datetime.date):
         return str(value)  # what the shell argument would have been
@@ -212,11 +212,15 @@ def json_value(value: Any, where: str) -> Any:
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
-                raise ValueError(f"{where}: keys must be strings (got {key!r})")
-        return {key: json_value(item, f"{where}.{key}") for key, item in value.items()}
+                raise ValueError(f"keys must be strings{_at(where)} (got {key!r})")
+        return {key: json_value(item, f"{where}.{key}" if where else key) for key, item in value.items()}
     kind = "a set" if isinstance(value, set | frozenset) else f"a {type(value).__name__} value"
     kind = "binary data" if isinstance(value, bytes) else kind
-    raise ValueError(f"{where}: {kind} is not allowed (use strings, numbers, booleans, lists, mappings)")
+    raise ValueError(f"{kind} is not allowed{_at(where)} (use strings, numbers, booleans, lists, mappings)")
+
+
+def _at(where: str) -> str:
+    return f" at '{where}'" if where else ""
 
 
 ParallelBlockSchema.model_rebuild()

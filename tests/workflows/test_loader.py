@@ -181,7 +181,7 @@ CASES = {
     ),
     "nested too deeply": (
         "steps: " + "[" * 5000 + "]" * 5000 + "\n",
-        "deploy.yaml: invalid YAML: nested too deeply",
+        "deploy.yaml:1: invalid YAML: nested more than 100 levels deep",
     ),
     "python tag refused by SafeLoader": (
         "name: !!python/object/apply:os.system ['true']\nsteps: []\n",
