@@ -118,8 +118,11 @@ class StepRun:
             self.task.cancel()
 
     def _begin(self) -> None:
+        """Admitted: from here on the step counts as started (a cancel now reports ``cancelled``)."""
         self.record.started_at = time.time()
+        self.record.attempts = self.spec.attempt = 1
         self.state.live[self.spec.name] = self.record
+        self.state.events.step_started(self.spec.name, 1, self.block)
         self.task = asyncio.get_running_loop().create_task(self._attempts())
         self.task.add_done_callback(self._ended)
 
@@ -128,8 +131,9 @@ class StepRun:
         max_attempts = step.retries + 1
         attempt = 1
         while True:
-            spec.attempt = self.record.attempts = attempt
-            self.state.events.step_started(spec.name, attempt, self.block)
+            if attempt > 1:
+                spec.attempt = self.record.attempts = attempt
+                self.state.events.step_started(spec.name, attempt, self.block)
             outcome = await self.state.runner.run(spec)
             if outcome.succeeded or attempt >= max_attempts:
                 return outcome
