@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=15, ge=3, description="a running step's lease; renewed every third")
     reconcile_interval: float = Field(default=5.0, gt=0)
     broker_outage_limit: float = Field(
-        default=30.0, gt=0, description="seconds without the broker before a distributed run gives up (exit 3)"
+        default=30.0, gt=0, description="seconds without the broker before a run gives up (exit 3)"
     )
     queue_orphan_limit: float = Field(
         default=30.0, gt=0, description="seconds a step may wait in a queue no live worker serves"

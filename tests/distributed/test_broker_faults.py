@@ -86,6 +86,7 @@ def test_worker_survives_broker_stop_start_cycles(
         assert wait_for_lines(after, 1, timeout=60) == ["ran"], f"cycle {cycle}"
         assert worker.process.poll() is None, worker.log.read_text()[-3000:]
     assert "Unrecoverable error" not in worker.log.read_text()
+    assert worker.stop() == []  # while its Redis still answers: a warm shutdown, nothing left
 
 
 def _workflow(tmp_path: Path, queue: str, steps: list[dict[str, object]]) -> Path:
@@ -107,7 +108,7 @@ def test_run_without_its_broker_ends_with_exit_3(
     server, binary = private_redis
     url = server.url(0)
     queue = f"t{SESSION}-gone"
-    worker_factory(queues=[queue], concurrency=1, label="gone", broker_url=url)
+    worker = worker_factory(queues=[queue], concurrency=1, label="gone", broker_url=url)
     steps: list[dict[str, object]] = [
         {"name": "first", "command": f"!echo x >> {tmp_path}/first; sleep 6"},
         {"name": "second", "command": f"!echo x >> {tmp_path}/second", "depends_on": []},
@@ -134,6 +135,7 @@ def test_run_without_its_broker_ends_with_exit_3(
     server.process = RedisServer.start(binary, server.port).process  # the broker returns, empty
     time.sleep(8)  # the worker is back and idle: nothing of the run starts
     assert not (tmp_path / "second").exists()
+    assert worker.stop() == []
 
 
 def test_queue_without_a_worker_fails_at_start(
