@@ -51,7 +51,7 @@ from devctl_dist.workflows.graph_format import (
 )
 from devctl_dist.workflows.loader import load_workflow, locate_step
 from devctl_dist.workflows.schema import WorkflowSchema
-from devctl_dist.workflows.validation import validate_workflow
+from devctl_dist.workflows.validation import check
 
 if TYPE_CHECKING:
     from devctl_dist.workflows.results import RunResult
@@ -82,7 +82,7 @@ def load_checked(path: str) -> tuple[WorkflowSchema, list[str]]:
     with invalid_input():
         workflow = load_workflow(path)
         try:
-            warnings = validate_workflow(workflow)
+            warnings = check(workflow).warnings
         except GraphError as error:
             raise WorkflowValidationError(str(error), path, _graph_error_line(path, error)) from None
     return workflow, warnings

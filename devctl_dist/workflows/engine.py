@@ -21,12 +21,11 @@ from devctl_dist.core.exceptions import RunInterrupted
 from devctl_dist.core.results import RunResult, StepStatus
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.capacity import Capacity
-from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.parallel import INTERRUPTED, ParallelExecutor
 from devctl_dist.workflows.run_state import RunState, skipped
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.templating import TemplateRenderer
-from devctl_dist.workflows.validation import iter_steps, normalize, validate_workflow
+from devctl_dist.workflows.validation import check, iter_steps, validate_workflow
 
 __all__ = ["WorkflowEngine", "validate_workflow"]
 
@@ -46,8 +45,8 @@ class WorkflowEngine:
         run_id: str | None = None,
         cwd: str | None = None,
     ) -> None:
-        self.workflow = normalize(workflow)
-        validate_workflow(self.workflow)
+        checked = check(workflow)
+        self.workflow, self.graph = checked.workflow, checked.graph
         config = self.workflow.parallel.model_copy()
         if max_concurrent is not None:
             config.max_concurrent = max_concurrent
@@ -137,7 +136,7 @@ class WorkflowEngine:
 
     async def _run_main(self, executor: ParallelExecutor) -> bool:
         if self.workflow.is_dag:
-            return (await executor.run_dag(DependencyGraph(self.workflow.steps))).success
+            return (await executor.run_dag(self.graph)).success
         return await executor.execute_sequence(self.workflow.steps)
 
     def _finalize(self, result: RunResult) -> RunResult:

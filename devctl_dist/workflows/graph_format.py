@@ -21,7 +21,7 @@ from devctl_dist.core.exceptions import UsageError
 from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.plan import plan_workflow
 from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
-from devctl_dist.workflows.validation import iter_steps, normalize, validate_workflow
+from devctl_dist.workflows.validation import check, iter_steps
 
 GRAPH_FORMATS = ("text", "mermaid", "dot")
 
@@ -99,9 +99,7 @@ def format_graph(workflow: WorkflowSchema, fmt: str) -> str:
     }
     if fmt not in renderers:
         raise UsageError(f"graph format {fmt!r}: choose one of {', '.join(GRAPH_FORMATS)}")
-    workflow = normalize(workflow)
-    validate_workflow(workflow)
-    return renderers[fmt](workflow)
+    return renderers[fmt](check(workflow).workflow)
 
 
 def _model(workflow: WorkflowSchema) -> _Model:

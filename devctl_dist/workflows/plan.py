@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from devctl_dist.workflows.graph import DependencyGraph, plan_waves
 from devctl_dist.workflows.schema import WorkflowSchema
-from devctl_dist.workflows.validation import normalize, validate_workflow
+from devctl_dist.workflows.validation import check
 
 
 @dataclass
@@ -20,11 +20,11 @@ class PlanStage:
 
 def plan_workflow(workflow: WorkflowSchema, max_concurrent: int | None = None) -> list[PlanStage]:
     """Waves per stage under the concurrency cap (the cap splits wide layers)."""
-    workflow = normalize(workflow)
-    validate_workflow(workflow)
+    checked = check(workflow)
+    workflow = checked.workflow
     cap = max_concurrent or workflow.parallel.max_concurrent
     if workflow.is_dag:
-        layers = DependencyGraph(workflow.steps).topological_sort()
+        layers = checked.graph.topological_sort()
         return [PlanStage("dependency graph", "dag", plan_waves(layers, cap))]
     stages = []
     for step in workflow.steps:

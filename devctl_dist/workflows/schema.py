@@ -12,7 +12,15 @@ import math
 import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 BlockFailureMode = Literal["fail_all", "continue", "complete_running"]
 StepFailureMode = Literal["fail", "continue", "skip"]
@@ -141,6 +149,7 @@ class WorkflowSchema(StrictModel):
     steps: list[WorkflowStepSchema] = Field(min_length=1)
     on_success: list[WorkflowStepSchema] = Field(default_factory=list)
     on_failure: list[WorkflowStepSchema] = Field(default_factory=list)
+    _checked: Any = PrivateAttr(default=None)  # validation.check() caches its verdict here
 
     @field_validator("version", mode="before")
     @classmethod

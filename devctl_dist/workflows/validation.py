@@ -8,6 +8,7 @@ acyclic, and devctl commands should name installed plugins.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from devctl_dist.core.exceptions import DuplicateStepError
 from devctl_dist.runners.commands import available_commands, split_command
@@ -49,21 +50,51 @@ def _walk(steps: Sequence[WorkflowStepSchema]) -> Iterator[WorkflowStepSchema]:
             yield from _walk(step.parallel.steps)
 
 
+@dataclass(frozen=True)
+class CheckedWorkflow:
+    """A workflow validated once: the normalized model, its top-level graph and the warnings."""
+
+    workflow: WorkflowSchema
+    graph: DependencyGraph
+    warnings: list[str]
+
+
+def check(workflow: WorkflowSchema) -> CheckedWorkflow:
+    """Normalize and validate ``workflow`` once; later calls (run, plan, graph) reuse the verdict.
+
+    Raises the structural errors of ``validate_workflow``. The model is treated
+    as immutable once checked, as every command does.
+    """
+    cached = workflow._checked
+    if isinstance(cached, CheckedWorkflow):
+        return cached
+    normalized = normalize(workflow)
+    graph, warnings = _validate(normalized)
+    checked = CheckedWorkflow(normalized, graph, warnings)
+    workflow._checked = normalized._checked = checked
+    return checked
+
+
 def validate_workflow(workflow: WorkflowSchema) -> list[str]:
     """Raise on structural errors; return warnings (unknown devctl commands)."""
+    return _validate(workflow)[1]
+
+
+def _validate(workflow: WorkflowSchema) -> tuple[DependencyGraph, list[str]]:
     seen: set[str] = set()
     for step in iter_steps(workflow, hooks=True):
         name = step.display_name
         if name in seen:
             raise DuplicateStepError(name)
         seen.add(name)
-    DependencyGraph(workflow.steps).validate()
+    graph = DependencyGraph(workflow.steps)
+    graph.validate()
     for step in iter_steps(workflow, hooks=True):
         if step.parallel is not None:
             DependencyGraph(step.parallel.steps).validate()
     for hooks in (workflow.on_success, workflow.on_failure):
         DependencyGraph(hooks).validate()
-    return _command_warnings(workflow)
+    return graph, _command_warnings(workflow)
 
 
 def _command_warnings(workflow: WorkflowSchema) -> list[str]:
