@@ -61,6 +61,7 @@ class StepResult:
     skip_reason: str | None = None
     block: str | None = None
     worker: str | None = None
+    reused: bool = False  # taken from an earlier run by --resume, not run again
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

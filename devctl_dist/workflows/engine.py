@@ -18,7 +18,7 @@ from typing import Any
 
 from devctl_dist.core.events import EventBus, RunListener
 from devctl_dist.core.exceptions import RunInterrupted
-from devctl_dist.core.results import RunResult, StepStatus
+from devctl_dist.core.results import RunResult, StepResult, StepStatus
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.capacity import Capacity
 from devctl_dist.workflows.parallel import INTERRUPTED, ParallelExecutor
@@ -44,7 +44,9 @@ class WorkflowEngine:
         rate_limit: float | None = None,
         run_id: str | None = None,
         cwd: str | None = None,
+        reuse: Mapping[str, StepResult] | None = None,
     ) -> None:
+        """``reuse``: results of an earlier run of this workflow; its succeeded steps are not run again."""
         checked = check(workflow)
         self.workflow, self.graph = checked.workflow, checked.graph
         config = self.workflow.parallel.model_copy()
@@ -58,6 +60,7 @@ class WorkflowEngine:
         self.listeners = list(listeners)
         self.runner = runner
         self.cwd = cwd
+        self.reuse = dict(reuse or {})
         self.signal: int | None = None
         self._main: asyncio.Task[Any] | None = None
         self.state: RunState  # created in run_async: everything loop-bound belongs to the running loop
@@ -105,7 +108,9 @@ class WorkflowEngine:
         renderer = TemplateRenderer(self.variables, {**os.environ, **self.workflow.env})
         env = {k: renderer.render(v, step="env") if "{" in v else v for k, v in self.workflow.env.items()}
         capacity = Capacity(self.config.max_concurrent, self.config.rate_limit)
-        self.state = RunState(self.run_id, runner, renderer, events, env, capacity, cwd=self.cwd)
+        self.state = RunState(
+            self.run_id, runner, renderer, events, env, capacity, cwd=self.cwd, reuse=self.reuse
+        )
         result = RunResult(self.workflow.name, self.run_id, False, started_at=time.time(), mode=self.mode)
         names = [s.display_name for s in iter_steps(self.workflow) if not s.is_block]
         await self._start_runner(runner)  # an unreachable broker fails here, before any output

@@ -24,7 +24,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from devctl_dist.core.exceptions import DevctlError
@@ -179,6 +179,10 @@ class GroupRun:
             )
             self.active[name] = child
             child.start()
+            return
+        earlier = self.state.reuse.get(name)
+        if earlier is not None and earlier.status is StepStatus.SUCCEEDED:  # resumed run: not again
+            self._ended_at_once(step, replace(earlier, block=self.group.label, reused=True))
             return
         try:
             spec = prepare_spec(self.state, step, visible)

@@ -24,6 +24,7 @@ class RunState:
     cwd: str | None = None
     results: dict[str, StepResult] = field(default_factory=dict)
     live: dict[str, StepResult] = field(default_factory=dict)
+    reuse: dict[str, StepResult] = field(default_factory=dict)  # --resume: steps that already succeeded
 
     def finish(self, result: StepResult) -> StepResult:
         """Record a step's final result once and announce it."""

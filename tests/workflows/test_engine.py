@@ -126,3 +126,30 @@ def test_builtin_devctl_command_runs(make_runner: Factory, tmp_path: Path) -> No
     result = run_workflow(data, make_runner(), tmp_path)
     assert result.success
     assert "hi there" in (result.steps["say"].stdout or "")
+
+
+def test_reused_steps_are_not_run_again_and_feed_templates(tmp_path: Path) -> None:
+    """--resume: an earlier run's succeeded steps keep their outputs; everything else runs again."""
+    from devctl_dist.core.results import StepResult as Earlier
+    from devctl_dist.runners.memory import InMemoryRunner
+    from devctl_dist.workflows.engine import WorkflowEngine
+    from devctl_dist.workflows.loader import load_workflow_text
+    from tests.workflows.virtual_time import run_virtual
+
+    text = """
+steps:
+  - {name: build, command: "!make"}
+  - {name: test, command: "!make test", depends_on: [build]}
+  - {name: ship, command: "!echo {{ results['build'].stdout }}", depends_on: [test]}
+"""
+    earlier = {
+        "build": Earlier(name="build", success=True, status=StepStatus.SUCCEEDED, stdout="v1.2"),
+        "test": Earlier(name="test", success=False, status=StepStatus.FAILED, exit_code=1),
+    }
+    runner = InMemoryRunner()
+    engine = WorkflowEngine(load_workflow_text(text, "w.yaml"), runner=runner, reuse=earlier)
+    result = run_virtual(engine.run_async())
+    assert result.success
+    assert runner.started == ["test", "ship"]
+    assert result.steps["build"].reused and result.steps["build"].stdout == "v1.2"
+    assert not result.steps["test"].reused
