@@ -22,14 +22,15 @@ _SETTINGS_ATTR = "devctl_settings"
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """Build a configured Celery app with the ``devctl.run_step`` task registered."""
+    """Build a configured Celery app (coordinator side: it sends ``devctl.run_step`` by name).
+
+    Workers build theirs with ``tasks.create_worker_app``, which registers the
+    task; this module never imports ``tasks`` (no import cycle).
+    """
     settings = settings or Settings()
     app = Celery("devctl", broker=settings.broker_url, backend=settings.result_backend_url)
     app.conf.update(celery_config(settings))
     setattr(app, _SETTINGS_ATTR, settings)
-    from devctl_dist.distributed.tasks import register_tasks  # tasks import this module
-
-    register_tasks(app)
     return app
 
 

@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import AuthenticationError, RedisError
 
 from devctl_dist.core.exceptions import BrokerUnavailableError
-from devctl_dist.distributed import signing
+from devctl_dist.distributed import limits, signing
 from devctl_dist.distributed.app import TASK_NAME, create_app
 from devctl_dist.distributed.registry import served_queues, unserved
 from devctl_dist.distributed.reports import Pending, ReportListener
@@ -39,7 +39,6 @@ from devctl_dist.settings import Settings, redact_url
 log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://")
-TIME_LIMIT_MARGIN = 60
 _ERRNO_REASONS = {
     errno.ECONNREFUSED: "connection refused",
     errno.EHOSTUNREACH: "host unreachable",
@@ -171,9 +170,7 @@ class CeleryRunner:
     def _send(self, spec: StepSpec, task_id: str, generation: int) -> None:
         """Publish the task without subscribing to its result channel (ignore_result)."""
         assert self._app is not None
-        time_limit = self.settings.hard_time_limit
-        if spec.timeout is not None:  # a backstop: the worker's LocalRunner enforces spec.timeout itself
-            time_limit = min(time_limit, int(spec.timeout + self.settings.kill_grace + TIME_LIMIT_MARGIN))
+        time_limit = limits.task_time_limit(self.settings, spec.timeout)
         body = spec.to_dict()
         kwargs: dict[str, Any] = {"generation": generation}
         key = signing.signing_key()
@@ -221,7 +218,7 @@ class CeleryRunner:
         """Set the cancel flag; (leased, finished) in the same MULTI, the mirror of the worker's claim."""
         _, client = self._require()
         pipe = client.pipeline(transaction=True)
-        pipe.set(cancel_key(task_id), "1", ex=self.settings.visibility_timeout + 3600)
+        pipe.set(cancel_key(task_id), "1", ex=limits.cancel_ttl(self.settings))
         pipe.exists(lease_key(task_id))
         pipe.exists(outcome_key(task_id))
         _, leased, finished = await pipe.execute()

@@ -32,8 +32,8 @@ from celery.signals import celeryd_init, task_failure, task_revoked, worker_read
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from devctl_dist.distributed import kombu_patch, procs, signing, worker_env
-from devctl_dist.distributed.app import TASK_NAME, settings_of
+from devctl_dist.distributed import kombu_patch, limits, procs, signing, worker_env
+from devctl_dist.distributed.app import TASK_NAME, create_app, settings_of
 from devctl_dist.distributed.registry import WorkerRegistration
 from devctl_dist.distributed.state import WorkerState
 from devctl_dist.runners.base import StepOutcome, StepSpec
@@ -59,8 +59,7 @@ def worker_state(settings: Settings) -> WorkerState:
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=12),
         )
         _clients[key] = client
-    cancel_ttl = settings.visibility_timeout + 3600
-    return WorkerState(client, settings.lease_seconds, settings.result_expires, cancel_ttl)
+    return WorkerState(client, settings.lease_seconds, settings.result_expires, limits.cancel_ttl(settings))
 
 
 def run_step(
@@ -105,7 +104,7 @@ def _run_marked(
     task_id = str(task.request.id)
     spec.env = {**spec.env, procs.TASK_ID_ENV: task_id, procs.WORKER_NAME_ENV: worker}
     hard = _hard_time_limit(task, settings)
-    cap = max(1.0, hard - settings.kill_grace - 2.0)
+    cap = limits.step_deadline_cap(hard, settings)
     capped = spec.timeout is None or spec.timeout > cap
     if capped:
         spec.timeout = cap
@@ -190,6 +189,13 @@ def _this_worker() -> str:
 
 
 LOST_CHILD_RETRIES = 2
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    """A configured app with ``devctl.run_step`` registered: what a worker (or Flower) runs."""
+    app = create_app(settings)
+    register_tasks(app)
+    return app
 
 
 def register_tasks(app: Celery) -> None:

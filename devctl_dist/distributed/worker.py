@@ -55,10 +55,10 @@ def run_worker(
     hostname: str | None = None,
 ) -> int:
     """Run a worker in this process until it is shut down; returns its exit code."""
-    from devctl_dist.distributed.app import create_app
+    from devctl_dist.distributed.tasks import create_worker_app
 
     settings = _settings_for(broker)
-    app = create_app(settings)
+    app = create_worker_app(settings)
     argv = worker_argv(settings, queues, concurrency, loglevel, hostname)
     print(f"devctl worker on {redact_url(settings.broker_url)}: {' '.join(argv[1:])}", file=sys.stderr)
     try:
@@ -85,10 +85,10 @@ def run_flower(
     ``/metrics`` and ``/healthcheck`` skip basic auth: keep Flower on an internal
     network. Flower also reads ``FLOWER_BASIC_AUTH`` (keeps the password out of ``ps``).
     """
-    from devctl_dist.distributed.app import create_app
+    from devctl_dist.distributed.tasks import create_worker_app
 
     settings = _settings_for(broker)
-    app = create_app(settings)
+    app = create_worker_app(settings)
     print(f"devctl flower on http://localhost:{port} for {redact_url(settings.broker_url)}", file=sys.stderr)
     try:
         app.start(flower_argv(port, basic_auth, address))

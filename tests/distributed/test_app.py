@@ -11,6 +11,7 @@ import pytest
 
 from devctl_dist.distributed.app import TASK_NAME, create_app, rate_limit_for_queues
 from devctl_dist.distributed.runner import CeleryRunner
+from devctl_dist.distributed.tasks import create_worker_app
 from devctl_dist.runners.base import StepSpec
 from devctl_dist.settings import Settings
 from tests.distributed.cluster import SESSION, WorkerFactory, cluster_settings
@@ -28,7 +29,8 @@ def test_app_is_json_only_late_ack_prefetch_one_with_events() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.worker_send_task_events is True
     assert conf.task_send_sent_event is True
-    assert TASK_NAME in app.tasks
+    assert TASK_NAME not in app.tasks  # the coordinator sends by name; only workers register it
+    assert TASK_NAME in create_worker_app(Settings(broker_url="redis://example:6379/3")).tasks
 
 
 def test_visibility_timeout_applies_to_broker_and_results_and_bounds_the_hard_limit() -> None:
