@@ -34,6 +34,7 @@ from devctl_dist.core.exceptions import (
     DevctlError,
     DuplicateStepError,
     GraphError,
+    InfrastructureError,
     MissingDependencyError,
     UsageError,
     WorkflowError,
@@ -232,6 +233,8 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
         finalize(listeners, None)
         raise
     finalize(listeners, result)
+    if result.fault is not None:  # the run stopped because the broker went away: exit 3, retry later
+        raise InfrastructureError(result.fault)
     code = run_exit_code(result)
     if code == EXIT_FAILED and options.distributed:
         raise_if_broker_lost(options.broker, result)

@@ -136,6 +136,7 @@ class RunResult:
     interrupted: bool = False
     mode: str = "sequential"
     signal: int | None = None  # the signal number that interrupted the run (SIGINT, SIGTERM)
+    fault: str | None = None  # infrastructure lost mid-run (the broker): the run stopped, exit 3
 
     def __repr__(self) -> str:  # short: asyncio.run() reprs the main task's result
         return (
@@ -160,6 +161,7 @@ class RunResult:
             "success": self.success,
             "interrupted": self.interrupted,
             "signal": self.signal,
+            "fault": self.fault,
             "mode": self.mode,
             "started_at": self.started_at,
             "ended_at": self.ended_at,

@@ -184,7 +184,8 @@ class ReportListener:
                     f"outcome unknown: {self.broken} while the step ran on {worker} "
                     "(it may finish there; --resume reuses it)"
                 )
-            self.resolve(pending.task_id, StepOutcome(exit_code=None, error=error, ended_at=time.time()))
+            outcome = StepOutcome(exit_code=None, error=error, ended_at=time.time(), infrastructure=True)
+            self.resolve(pending.task_id, outcome)
 
     async def _read_once(self) -> None:
         keys = [self._wake_key, *(done_key(run) for run in sorted(self._runs))]
@@ -285,6 +286,7 @@ class ReportListener:
                     error="step lost: the broker restarted before a worker took it "
                     "(run Redis with appendonly yes)",
                     ended_at=time.time(),
+                    infrastructure=True,
                 ),
             )
 

@@ -60,6 +60,7 @@ class StepOutcome:
     ended_at: float = 0.0
     error: str | None = None
     worker: str | None = None
+    infrastructure: bool = False  # failed for lack of the broker, not by the step: the run stops (exit 3)
 
     @property
     def succeeded(self) -> bool:

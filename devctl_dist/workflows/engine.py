@@ -119,7 +119,7 @@ class WorkflowEngine:
         try:
             result.success = await self._run_main(executor)
             hooks = self.workflow.on_success if result.success else self.workflow.on_failure
-            if hooks and self.signal is None:
+            if hooks and self.signal is None and self.state.fault is None:
                 result.success = await executor.execute_sequence(hooks) and result.success
         except asyncio.CancelledError:  # cancelled from outside: the groups already stopped their steps
             result.success = False
@@ -128,6 +128,8 @@ class WorkflowEngine:
             await runner.close()
         if self.signal is not None:
             result.interrupted, result.signal, result.success = True, self.signal, False
+        if self.state.fault is not None:
+            result.fault, result.success = str(self.state.fault), False
         return self._finalize(result)
 
     async def _start_runner(self, runner: StepRunner) -> None:

@@ -11,7 +11,7 @@ plans it (see ``bench/bench_graph.py`` for both paths).
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from graphlib import CycleError, TopologicalSorter
@@ -227,6 +227,35 @@ def plan_waves(layers: list[list[str]], max_concurrent: int) -> list[list[str]]:
         for start in range(0, len(layer), max_concurrent):
             waves.append(layer[start : start + max_concurrent])
     return waves
+
+
+class Ancestry(Collection[str]):
+    """The results a DAG step may read: its ancestors (computed only when asked)."""
+
+    def __init__(self, name: str, deps: Mapping[str, Sequence[str]], base: frozenset[str]) -> None:
+        self._name, self._deps, self._base = name, deps, base
+        self._cache: set[str] | None = None
+
+    def _all(self) -> set[str]:
+        if self._cache is None:
+            seen: set[str] = set()
+            stack = list(self._deps.get(self._name, ()))
+            while stack:
+                node = stack.pop()
+                if node not in seen:
+                    seen.add(node)
+                    stack.extend(self._deps.get(node, ()))
+            self._cache = seen | self._base
+        return self._cache
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._all()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 Blocked = tuple[str, str]  # (a step that can no longer run, the dependency that stopped it)

@@ -23,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from devctl_dist.core.exceptions import DevctlError
 from devctl_dist.core.results import ParallelBlockResult, StepResult, StepStatus
 from devctl_dist.workflows.capacity import Cap
-from devctl_dist.workflows.graph import DependencyGraph, Frontier
+from devctl_dist.workflows.graph import Ancestry, DependencyGraph, Frontier
 from devctl_dist.workflows.run_state import RunState, skipped
 from devctl_dist.workflows.schema import ParallelBlockSchema, ParallelConfigSchema, WorkflowStepSchema
 from devctl_dist.workflows.step_executor import StepRun, Stop, failed_before_start, prepare_spec
@@ -58,35 +58,6 @@ class Group:
     @property
     def caps(self) -> tuple[Cap, ...]:
         return self.parent_caps if self.cap is None else (*self.parent_caps, self.cap)
-
-
-class Ancestry(Collection[str]):
-    """The results a DAG step may read: its ancestors (computed only when asked)."""
-
-    def __init__(self, name: str, deps: Mapping[str, Sequence[str]], base: frozenset[str]) -> None:
-        self._name, self._deps, self._base = name, deps, base
-        self._cache: set[str] | None = None
-
-    def _all(self) -> set[str]:
-        if self._cache is None:
-            seen: set[str] = set()
-            stack = list(self._deps.get(self._name, ()))
-            while stack:
-                node = stack.pop()
-                if node not in seen:
-                    seen.add(node)
-                    stack.extend(self._deps.get(node, ()))
-            self._cache = seen | self._base
-        return self._cache
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._all()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
 
 
 class GroupRun:
@@ -351,6 +322,7 @@ class ParallelExecutor:
         self.fail_fast = config.fail_fast
         self.blocks: list[ParallelBlockResult] = []
         self._roots: list[GroupRun] = []
+        state.on_fault = lambda error: self.interrupt(f"run stopped: {error}")
 
     async def execute_sequence(self, steps: Sequence[WorkflowStepSchema]) -> bool:
         """The original engine's rule: one step at a time; a failure stops the rest, allowed ones go on."""

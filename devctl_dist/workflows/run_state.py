@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from devctl_dist.core.events import EventBus
+from devctl_dist.core.exceptions import InfrastructureError
 from devctl_dist.core.results import StepResult, StepStatus
 from devctl_dist.runners.base import StepRunner
 from devctl_dist.workflows.capacity import Capacity
@@ -25,6 +27,15 @@ class RunState:
     results: dict[str, StepResult] = field(default_factory=dict)
     live: dict[str, StepResult] = field(default_factory=dict)
     reuse: dict[str, StepResult] = field(default_factory=dict)  # --resume: steps that already succeeded
+    fault: InfrastructureError | None = None  # the first infrastructure failure: it ends the run
+    on_fault: Callable[[InfrastructureError], None] | None = None
+
+    def infrastructure_failed(self, error: InfrastructureError) -> None:
+        """A runner lost what it needs (the broker): stop the whole run, it cannot go on."""
+        if self.fault is None:
+            self.fault = error
+            if self.on_fault is not None:
+                self.on_fault(error)
 
     def finish(self, result: StepResult) -> StepResult:
         """Record a step's final result once and announce it."""

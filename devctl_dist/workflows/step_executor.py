@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from devctl_dist.core.exceptions import CommandNotFoundError, DevctlError
+from devctl_dist.core.exceptions import CommandNotFoundError, DevctlError, InfrastructureError
 from devctl_dist.core.results import StepResult, StepStatus
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.runners.commands import available_commands, split_command
@@ -160,12 +160,23 @@ class StepRun:
             self._report(self._stopped(self.stop or Stop(StepStatus.CANCELLED, "cancelled", "")))
             return
         error = task.exception()
-        if error is not None:  # a runner or broker fault must not lose the step
+        if isinstance(error, InfrastructureError):  # the broker is gone: this step, and the run, cannot go on
+            record.status, record.error = StepStatus.FAILED, str(error)
+            self._report(record)
+            self.state.infrastructure_failed(error)
+            return
+        if error is not None:  # a runner fault must not lose the step
             log.error("step %s failed inside devctl", self.spec.name, exc_info=error)
             record.status, record.error = StepStatus.FAILED, f"{type(error).__name__}: {error}"
             self._report(record)
             return
         outcome = task.result()
+        if outcome.infrastructure:  # the runner lost the broker: the step failed, and the run cannot go on
+            self._copy_output(outcome)
+            record.status, record.error = StepStatus.FAILED, outcome.error or "infrastructure lost"
+            self._report(record)
+            self.state.infrastructure_failed(InfrastructureError(f"step '{self.spec.name}': {record.error}"))
+            return
         if self.stop is not None and not outcome.succeeded:
             self._copy_output(outcome)
             self._report(self._stopped(self.stop))

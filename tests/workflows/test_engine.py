@@ -153,3 +153,39 @@ steps:
     assert runner.started == ["test", "ship"]
     assert result.steps["build"].reused and result.steps["build"].stdout == "v1.2"
     assert not result.steps["test"].reused
+
+
+def test_infrastructure_failure_stops_the_whole_run(tmp_path: Path) -> None:
+    """A runner that loses its broker fails that step and stops everything else; the result says why."""
+    from devctl_dist.core.exceptions import BrokerUnavailableError
+    from devctl_dist.runners.base import StepOutcome, StepSpec
+    from devctl_dist.runners.memory import InMemoryRunner, Script
+    from devctl_dist.workflows.engine import WorkflowEngine
+    from devctl_dist.workflows.loader import load_workflow_text
+    from tests.workflows.virtual_time import run_virtual
+
+    class LosesBroker(InMemoryRunner):
+        async def run(self, spec: StepSpec) -> StepOutcome:
+            if spec.name == "lost":
+                raise BrokerUnavailableError("lost the broker redis://h:6379/0 during the run")
+            return await super().run(spec)
+
+    text = """
+steps:
+  - parallel:
+      on_failure: continue
+      steps:
+        - {name: long, command: "!sleep 100"}
+        - {name: lost, command: "!true"}
+  - {name: after, command: "!true"}
+on_failure:
+  - {name: notify, command: "!true"}
+"""
+    runner = LosesBroker({"long": [Script(duration=100)]})
+    result = run_virtual(WorkflowEngine(load_workflow_text(text, "w.yaml"), runner=runner).run_async())
+    assert not result.success and not result.interrupted
+    assert result.fault == "lost the broker redis://h:6379/0 during the run"
+    assert result.steps["lost"].status is StepStatus.FAILED
+    assert result.steps["long"].status is StepStatus.CANCELLED  # even under on_failure: continue
+    assert result.steps["after"].status is StepStatus.SKIPPED
+    assert "notify" not in runner.started  # hooks do not run on a run that lost its infrastructure
