@@ -319,6 +319,7 @@ class Model:
         self.peak = 0
         self._seq = 0
         self.result: str | None = None
+        self.times: list[float] = [0.0]  # when each event happened (the real sample needs them apart)
 
     def at(self, when: float, target: object, kind: str) -> None:
         self._seq += 1
@@ -353,6 +354,7 @@ class Model:
             event = min(self.timers, key=lambda e: (e[0], e[1]))
             self.timers.remove(event)
             self.t, _, target, kind = event
+            self.times.append(self.t)
             if kind == "end":
                 target.attempt_over()  # type: ignore[attr-defined]
             elif kind == "retry":

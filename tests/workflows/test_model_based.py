@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -43,12 +44,14 @@ class _Names:
         return 2.0 ** -next(self.fraction)
 
 
+KINDS = ["ok", "ok", "fail", "timeout"]
+
+
 @st.composite
-def leaf_nodes(draw: st.DrawFn, names: _Names) -> Leaf:
+def leaf_nodes(draw: st.DrawFn, names: _Names, kinds: list[str] = KINDS) -> Leaf:
     retries = draw(st.sampled_from([0, 0, 0, 1, 2]))
     outcomes = [
-        (draw(st.sampled_from(["ok", "ok", "fail", "timeout"])), draw(st.integers(1, 4)) + names.tick())
-        for _ in range(retries + 1)
+        (draw(st.sampled_from(kinds)), draw(st.integers(1, 4)) + names.tick()) for _ in range(retries + 1)
     ]
     return Leaf(
         name=f"s{next(names.leaf)}",
@@ -61,14 +64,16 @@ def leaf_nodes(draw: st.DrawFn, names: _Names) -> Leaf:
 
 
 @st.composite
-def node_lists(draw: st.DrawFn, names: _Names, depth: int, with_deps: bool, size: int) -> list[Node]:
+def node_lists(
+    draw: st.DrawFn, names: _Names, depth: int, with_deps: bool, size: int, kinds: list[str] = KINDS
+) -> list[Node]:
     count = draw(st.integers(1, size))
     nodes: list[Node] = []
     for _ in range(count):
         if depth < 2 and draw(st.integers(0, 4)) == 0:
-            node: Node = draw(blocks(names, depth + 1))
+            node: Node = draw(blocks(names, depth + 1, kinds))
         else:
-            node = draw(leaf_nodes(names))
+            node = draw(leaf_nodes(names, kinds))
         if with_deps and nodes:
             node.deps = draw(st.lists(st.sampled_from([n.name for n in nodes]), max_size=2, unique=True))
         nodes.append(node)
@@ -76,12 +81,12 @@ def node_lists(draw: st.DrawFn, names: _Names, depth: int, with_deps: bool, size
 
 
 @st.composite
-def blocks(draw: st.DrawFn, names: _Names, depth: int) -> Block:
+def blocks(draw: st.DrawFn, names: _Names, depth: int, kinds: list[str] = KINDS) -> Block:
     name = f"b{next(names.block)}"
     timeout = draw(st.sampled_from([None, None, 2, 4, 7]))
     return Block(
         name=name,
-        children=draw(node_lists(names, depth, draw(st.booleans()), 4)),
+        children=draw(node_lists(names, depth, draw(st.booleans()), 4, kinds)),
         policy=draw(st.sampled_from(["fail_all", "continue", "complete_running"])),
         max_concurrent=draw(st.sampled_from([None, None, 1, 2])),
         timeout=None if timeout is None else timeout + names.tick(),
@@ -90,30 +95,31 @@ def blocks(draw: st.DrawFn, names: _Names, depth: int) -> Block:
 
 
 @st.composite
-def flows(draw: st.DrawFn) -> Flow:
+def flows(draw: st.DrawFn, kinds: list[str] = KINDS, size: int = 6) -> Flow:
     names = _Names()
     dag = draw(st.booleans())
-    nodes = draw(node_lists(names, 0, dag, 6))
+    nodes = draw(node_lists(names, 0, dag, size, kinds))
     if dag and not any(n.deps for n in nodes):
-        extra = draw(leaf_nodes(names))
+        extra = draw(leaf_nodes(names, kinds))
         extra.deps = [nodes[0].name]
         nodes.append(extra)
     return Flow(nodes, dag, draw(st.booleans()), draw(st.sampled_from([1, 2, 3, 10])))
 
 
-def to_yaml(flow: Flow) -> str:
+def to_yaml(flow: Flow, command: Callable[[Leaf], str] = lambda leaf: "!true", unit: float = 1.0) -> str:
+    """The workflow file for ``flow``; times are multiplied by ``unit`` (seconds per model time unit)."""
+
     def node(n: Node) -> dict[str, Any]:
         data: dict[str, Any] = {"name": n.name}
         if isinstance(n, Leaf):
-            data.update(
-                command="!true", retries=n.retries, retry_delay=n.retry_delay, on_failure=n.on_failure
-            )
+            data.update(command=command(n), retries=n.retries, on_failure=n.on_failure)
+            data["retry_delay"] = n.retry_delay * unit
         else:
             block: dict[str, Any] = {"on_failure": n.policy, "steps": [node(c) for c in n.children]}
             if n.max_concurrent:
                 block["max_concurrent"] = n.max_concurrent
             if n.timeout is not None:
-                block["timeout"] = n.timeout
+                block["timeout"] = n.timeout * unit
             data["parallel"] = block
         if n.condition is not None:
             data["condition"] = "true" if n.condition else "false"
