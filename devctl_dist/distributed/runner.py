@@ -143,7 +143,8 @@ class CeleryRunner:
                 await self._call(self._send, spec, task_id, self._generation(spec))
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel_remote(task_id, future))
+            if not await asyncio.shield(self._cancel_remote(task_id, future)):
+                return _cancel_unconfirmed(self.broker)  # it may still run: never call that "cancelled"
             raise
         except SEND_ERRORS as exc:
             return _not_started(f"cannot send to broker {self.broker} ({type(exc).__name__})")
@@ -188,15 +189,18 @@ class CeleryRunner:
             kwargsrepr="{}",
         )
 
-    async def _cancel_remote(self, task_id: str, future: asyncio.Future[StepOutcome]) -> None:
-        """Forbid, revoke with terminate, and wait (bounded) for the report that nothing is left."""
+    async def _cancel_remote(self, task_id: str, future: asyncio.Future[StepOutcome]) -> bool:
+        """Forbid, revoke with terminate, and wait (bounded) for the report that nothing is left.
+
+        False when the cancel could not even be recorded (no broker): the step may run anyway.
+        """
         try:
             started = await self._forbid(task_id)
         except (RedisError, OSError) as exc:
             log.error("cannot cancel %s on %s: %s", task_id, self.broker, type(exc).__name__)
-            return
+            return False
         if not started or future.done():
-            return
+            return True
         try:
             async with asyncio.timeout(self.settings.kill_grace + 2.0):
                 await asyncio.shield(future)
@@ -204,6 +208,7 @@ class CeleryRunner:
             log.warning("no word from the worker that %s is dead after revoke", task_id)
         except Exception as exc:  # the listener closed under us: nothing more to wait for
             log.warning("while cancelling %s: %s", task_id, exc)
+        return True
 
     async def _forbid(self, task_id: str) -> bool:
         """Set the cancel flag and revoke; True when the task runs (a lease and no outcome yet)."""
@@ -325,8 +330,8 @@ def _redis_client(settings: Settings) -> aioredis.Redis:
 
 
 def _not_started(reason: str) -> StepOutcome:
-    """A step that was never handed to a worker (nothing to cancel or wait for)."""
-    return StepOutcome(exit_code=None, error=f"not started: {reason}", ended_at=time.time())
+    """A step never handed to a worker because the broker is away: the run cannot go on (exit 3)."""
+    return StepOutcome(exit_code=None, error=f"not started: {reason}", ended_at=time.time(), infrastructure=True)
 
 
 def _raw(value: bytes | str) -> bytes:
@@ -365,3 +370,9 @@ def _reason(exc: BaseException, timeout: float) -> str:
     if "error 111" in text or "refused" in text:
         return "connection refused"
     return type(exc).__name__
+
+
+def _cancel_unconfirmed(broker: str) -> StepOutcome:
+    """A cancel the broker never heard of: the step's fate is unknown, and so is the run's (exit 3)."""
+    error = f"outcome unknown: cannot cancel without the broker {broker}; it may still run on its worker"
+    return StepOutcome(exit_code=None, error=error, ended_at=time.time(), infrastructure=True)
