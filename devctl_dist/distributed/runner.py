@@ -331,7 +331,8 @@ def _redis_client(settings: Settings) -> aioredis.Redis:
 
 def _not_started(reason: str) -> StepOutcome:
     """A step never handed to a worker because the broker is away: the run cannot go on (exit 3)."""
-    return StepOutcome(exit_code=None, error=f"not started: {reason}", ended_at=time.time(), infrastructure=True)
+    error = f"not started: {reason}"
+    return StepOutcome(exit_code=None, error=error, ended_at=time.time(), infrastructure=True)
 
 
 def _raw(value: bytes | str) -> bytes:
