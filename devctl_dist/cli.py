@@ -136,6 +136,8 @@ class RunOptions:
     broker: str | None
     resume: str | None
     debug: bool
+    quiet: bool = False
+    force: bool = False
 
 
 def run_options(func: F) -> F:
@@ -163,7 +165,9 @@ def run_options(func: F) -> F:
         ),
         click.option("--distributed", is_flag=True, help=HELP["distributed"]),
         click.option("--broker", metavar="URL", help=BROKER_HELP),
-        click.option("--resume", metavar="RUN_ID", help=HELP["resume"]),
+        click.option("--resume", metavar="RUN_ID|last", help=HELP["resume"]),
+        click.option("--force", is_flag=True, help=HELP["force"]),
+        click.option("--quiet", "-q", is_flag=True, help=HELP["quiet"]),
         click.option("--debug", is_flag=True, help=HELP["debug"]),
     ]
     for decorator in reversed(decorators):
@@ -196,8 +200,6 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     variables = parse_vars(options.variables)
     if options.broker and not options.distributed:
         raise UsageError("--broker only applies with --distributed")
-    if options.resume and not options.distributed:
-        raise UsageError("--resume only applies with --distributed (step results live in Redis)")
     workflow, warnings = load_checked(options.file)
     for warning in warnings:
         click.echo(f"devctl: warning: {warning}", err=True)
@@ -206,17 +208,36 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
             plan = format_plan(workflow, options.max_concurrent, as_json=options.output == "json")
         click.echo(plan, nl=False)
         return EXIT_OK
+    from devctl_dist.cli_history import prepare_run
     from devctl_dist.workflows.engine import WorkflowEngine  # validate/graph need no engine
 
+    history = prepare_run(
+        options.file,
+        workflow,
+        variables,
+        resume=options.resume,
+        force=options.force,
+        distributed=options.distributed,
+    )
     runner = (
-        celery_runner(options.broker, resume=options.resume is not None, workflow=workflow)
+        celery_runner(
+            options.broker,
+            resume=options.resume is not None,
+            workflow=workflow,
+            secrets=history.masker.values,
+        )
         if options.distributed
         else None
     )
     stdout: Any = PipeSafeStream(sys.stdout)  # `devctl run x | head -1`: the run goes on, quietly
-    listeners = make_listeners(
-        options.output, results_file=options.results_file, stream=stdout, is_tty=sys.stdout.isatty()
+    shown = make_listeners(
+        options.output,
+        results_file=options.results_file,
+        stream=stdout,
+        is_tty=sys.stdout.isatty(),
+        quiet=options.quiet,
     )
+    listeners = history.listeners(shown)
     with invalid_input():
         engine = WorkflowEngine(
             workflow,
@@ -225,7 +246,8 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
             variables=variables,
             max_concurrent=options.max_concurrent,
             rate_limit=options.rate_limit,
-            run_id=options.resume,
+            run_id=history.run_id,
+            reuse=history.reuse,
         )
     try:
         result = engine.run()
@@ -282,7 +304,9 @@ def _broker_answers(url: str) -> bool:
         client.close()
 
 
-def celery_runner(broker: str | None, *, resume: bool = False, workflow: Any = None) -> StepRunner:
+def celery_runner(
+    broker: str | None, *, resume: bool = False, workflow: Any = None, secrets: list[str] | None = None
+) -> StepRunner:
     """The distributed runner; imported here so local runs never load Celery.
 
     With ``workflow``, its start checks that every queue the steps name has a worker.
@@ -294,7 +318,7 @@ def celery_runner(broker: str | None, *, resume: bool = False, workflow: Any = N
     settings = load_settings(broker_url=broker) if broker else load_settings()
     steps = iter_steps(workflow, hooks=True) if workflow is not None else iter(())
     queues = [step.queue or "" for step in steps if not step.is_block]
-    runner: StepRunner = CeleryRunner(settings, resume=resume, queues=queues)
+    runner: StepRunner = CeleryRunner(settings, resume=resume, queues=queues, secrets=secrets)
     return runner
 
 
@@ -365,6 +389,13 @@ def workflow_group() -> None:
     """The original devctl's spelling: `devctl workflow run|validate|dry-run FILE`."""
 
 
+def _add_history_commands(group: click.Group) -> None:
+    from devctl_dist.cli_history import logs_command, runs_group
+
+    group.add_command(runs_group)
+    group.add_command(logs_command)
+
+
 run_command = make_run_command("run")
 cli.add_command(run_command)
 cli.add_command(validate_command)
@@ -372,6 +403,7 @@ cli.add_command(graph_command)
 cli.add_command(worker_command)
 cli.add_command(flower_command)
 cli.add_command(workflow_group)
+_add_history_commands(cli)
 workflow_group.add_command(run_command)
 workflow_group.add_command(validate_command)
 workflow_group.add_command(make_run_command("dry-run", dry_run_only=True))

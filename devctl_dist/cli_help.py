@@ -15,8 +15,12 @@ HELP = {
     "max-concurrent": "Cap on steps running at once across the run (overrides parallel.max_concurrent).",
     "rate-limit": "At most R step starts per second (overrides parallel.rate_limit).",
     "distributed": "Run the steps on Celery workers (start them with devctl worker).",
-    "resume": "Continue run RUN_ID (from its RUN line or JSON) after the coordinator died: succeeded steps "
-    "are not re-run, steps still running on workers are adopted (with --distributed).",
+    "resume": "Continue run RUN_ID (see devctl runs list; 'last': this file's latest run) after a failure, "
+    "Ctrl-C or a dead coordinator: succeeded steps are reused with their outputs, the others run again "
+    "(with --distributed, steps still running on workers are adopted).",
+    "force": "With --resume: resume even if the workflow's steps changed since that run "
+    "(changed steps run again).",
+    "quiet": "Show step states only, not the steps' output lines.",
     "debug": "Show tracebacks and debug logs on errors.",
     "graph-format": "text, mermaid (graph TD) or dot (Graphviz digraph).",
 }

@@ -27,6 +27,12 @@ class RunListener:
     def step_started(self, name: str, attempt: int, block: str | None) -> None:
         """An attempt of a step was handed to the runner."""
 
+    def step_output(self, name: str, stream: str, line: str) -> None:
+        """A running step printed ``line`` (no newline) on ``stream`` (``"stdout"`` or ``"stderr"``).
+
+        Called for every line as it arrives, from the runner: keep it cheap.
+        """
+
     def step_retrying(self, name: str, attempt: int, delay: float, error: str | None) -> None:
         """Attempt ``attempt`` failed; the next one starts after ``delay`` seconds."""
 
@@ -61,6 +67,9 @@ class EventBus(RunListener):
 
     def step_started(self, name: str, attempt: int, block: str | None) -> None:
         self._emit("step_started", name, attempt, block)
+
+    def step_output(self, name: str, stream: str, line: str) -> None:
+        self._emit("step_output", name, stream, line)
 
     def step_retrying(self, name: str, attempt: int, delay: float, error: str | None) -> None:
         self._emit("step_retrying", name, attempt, delay, error)

@@ -55,6 +55,8 @@ __all__ = [
 
 OUTPUT_FORMATS = ("table", "plain", "json")
 MAX_FAILURE_DETAILS = 10
+MAX_LINE_SHOWN = 80
+TAIL_LINES = 10
 DEFAULT_REFRESH_PER_SECOND = 6.0
 
 
@@ -69,6 +71,7 @@ class _Row:
     duration: float = 0.0
     attempt: int = 1
     depth: int = 0
+    last: str = ""  # the latest output line while it runs
 
 
 class _BlockView:
@@ -79,8 +82,9 @@ class _BlockView:
     last finished ones and per-status counters, never every row.
     """
 
-    def __init__(self, title: str, names: Iterable[str], max_rows: int) -> None:
+    def __init__(self, title: str, names: Iterable[str], max_rows: int, *, quiet: bool = False) -> None:
         self.title = title
+        self.quiet = quiet
         self.max_rows = max(3, max_rows)
         self.rows: dict[str, _Row] = {}
         self.running: dict[str, None] = {}
@@ -133,10 +137,15 @@ class _BlockView:
         with self.lock:
             self._start(self._row(name), attempt)
 
+    def output(self, name: str, line: str) -> None:
+        row = self.rows.get(name)
+        if row is not None:
+            row.last = line[:MAX_LINE_SHOWN]  # one attribute store: no lock needed
+
     def finish(self, name: str, status: StepStatus, duration: float) -> None:
         with self.lock:
             row = self._row(name)
-            row.duration = duration
+            row.duration, row.last = duration, ""
             self._set_status(row, status)
             self.running.pop(name, None)
             self.recent.append(name)
@@ -162,15 +171,19 @@ class _BlockView:
         table.add_column("Step", overflow="fold")
         table.add_column("Status", no_wrap=True)
         table.add_column("Duration", justify="right", no_wrap=True)
+        if not self.quiet:
+            table.add_column(
+                "Output", no_wrap=True, overflow="ellipsis", max_width=MAX_LINE_SHOWN, style="dim"
+            )
         now = time.monotonic()
         shown = self._visible_rows()
         for row in shown:
-            table.add_row(*self._cells(row, now))
+            cells = self._cells(row, now)
+            table.add_row(*(cells if self.quiet else (*cells, Text(row.last))))
         hidden = len(self.rows) - len(shown)
         if hidden > 0:
-            table.add_row(
-                Text(f"… {hidden} more", style="dim"), Text(self._hidden_summary(shown), style="dim"), ""
-            )
+            summary = Text(self._hidden_summary(shown), style="dim")
+            table.add_row(Text(f"… {hidden} more", style="dim"), summary, *([""] * (1 if self.quiet else 2)))
         return table
 
     def _visible_rows(self) -> list[_Row]:
@@ -217,12 +230,17 @@ class _RunningStep:
     def __init__(self, name: str, attempt: int) -> None:
         self.label = name if attempt <= 1 else f"{name} (attempt {attempt})"
         self.started = time.monotonic()
+        self.last = ""
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         glyph, style = GLYPHS[StepStatus.RUNNING]
-        yield Text.assemble(
+        line = Text.assemble(
             (f"{glyph:<8}", style), self.label, f"  {format_duration(time.monotonic() - self.started)}"
         )
+        if self.last:
+            line.append(f"  {self.last}", style="dim")
+        line.truncate(options.max_width, overflow="ellipsis")
+        yield line
 
 
 class LiveTableListener(OutputListener):
@@ -238,8 +256,11 @@ class LiveTableListener(OutputListener):
         *,
         refresh_per_second: float = DEFAULT_REFRESH_PER_SECOND,
         max_rows: int | None = None,
+        quiet: bool = False,
     ) -> None:
         self.console = console
+        self.quiet = quiet
+        self._tails: dict[str, deque[str]] = {}  # recent lines of running steps: shown if they fail
         self.refresh_per_second = refresh_per_second
         self.max_rows = max_rows or max(8, console.size.height - 8)
         self.workflow = "workflow"
@@ -248,6 +269,7 @@ class LiveTableListener(OutputListener):
         self._running_line: Live | None = None
         self._depth = 0
         self._block_failures: list[StepResult] = []
+        self._seen_tails: dict[str, list[str]] = {}  # failed steps' last lines, as streamed
 
     def run_started(self, workflow: str, run_id: str, mode: str, step_names: list[str]) -> None:
         self.workflow = workflow
@@ -263,7 +285,7 @@ class LiveTableListener(OutputListener):
             self._view.add_block(block, step_names)
             return
         title = f"Dependency graph: {self.workflow}" if block == "dag" else f"Parallel Execution: {block}"
-        self._view = _BlockView(title, step_names, self.max_rows)
+        self._view = _BlockView(title, step_names, self.max_rows, quiet=self.quiet)
         self._block_failures = []
         self._live = Live(
             self._view, console=self.console, refresh_per_second=self.refresh_per_second, transient=False
@@ -283,6 +305,18 @@ class LiveTableListener(OutputListener):
         )
         self._running_line.start()
 
+    def step_output(self, name: str, stream: str, line: str) -> None:
+        if self.quiet:
+            return
+        tail = self._tails.get(name)
+        if tail is None:
+            tail = self._tails[name] = deque(maxlen=TAIL_LINES)
+        tail.append(line)
+        if self._view is not None:
+            self._view.output(name, line)
+        elif isinstance(self._running_line, Live) and isinstance(self._running_line.renderable, _RunningStep):
+            self._running_line.renderable.last = line[:MAX_LINE_SHOWN]
+
     def step_retrying(self, name: str, attempt: int, delay: float, error: str | None) -> None:
         if self._view is None:
             self._stop_running_line()
@@ -290,6 +324,9 @@ class LiveTableListener(OutputListener):
             self.console.print(Text(f"{'[RETRY]':<8}{name} attempt {attempt} failed{why}", style="yellow"))
 
     def step_finished(self, result: StepResult) -> None:
+        tail = self._tails.pop(result.name, None)
+        if tail and shows_output(result.status):
+            self._seen_tails[result.name] = list(tail)
         if self._view is not None:
             self._view.finish(result.name, result.status, result.duration)
             if shows_output(result.status):
@@ -351,8 +388,10 @@ class LiveTableListener(OutputListener):
             line.stop()
 
     def _print_details(self, failures: list[StepResult]) -> None:
+        if self.quiet:
+            return
         for result in failures[:MAX_FAILURE_DETAILS]:
-            tail = output_tail(result)
+            tail = self._seen_tails.pop(result.name, None) or output_tail(result, TAIL_LINES)
             heading = f"--- {result.name}: {step_reason(result) or result.status.value}"
             self.console.print(Text(heading, style="red"))
             for line in tail:
@@ -371,9 +410,9 @@ def make_console(stream: IO[str], is_tty: bool, **options: Any) -> Console:
 
 
 def make_listeners(
-    output: str, *, results_file: str | None, stream: IO[str], is_tty: bool
+    output: str, *, results_file: str | None, stream: IO[str], is_tty: bool, quiet: bool = False
 ) -> list[RunListener]:
-    """Listeners for ``--output``; ``table`` on a non-terminal falls back to plain lines."""
+    """Listeners for ``--output`` (``table`` on a non-terminal: plain lines); ``quiet``: states only."""
     if output not in OUTPUT_FORMATS:
         raise UsageError(f"--output {output!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
     listeners: list[RunListener] = []
@@ -382,7 +421,7 @@ def make_listeners(
     if output == "json":
         listeners.append(JsonListener(stream))
     elif output == "table" and is_tty:
-        listeners.append(LiveTableListener(make_console(stream, is_tty)))
+        listeners.append(LiveTableListener(make_console(stream, is_tty), quiet=quiet))
     else:
-        listeners.append(PlainListener(stream))
+        listeners.append(PlainListener(stream, quiet=quiet))
     return listeners

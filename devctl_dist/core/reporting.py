@@ -40,6 +40,7 @@ def shows_output(status: StepStatus) -> bool:
     """Steps whose output tail we show: failures that ran, and allowed failures (not cancellations)."""
     return status in (StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.FAILED_ALLOWED)
 
+
 _EXIT_CODE_ERROR = re.compile(r"(exit(ed)?( with)?( code| status)?:? -?\d+)", re.IGNORECASE)
 
 
@@ -151,11 +152,27 @@ _PLAIN_WORDS: dict[StepStatus, str] = {
 }
 
 
-class PlainListener(OutputListener):
-    """Timestamped lines, one per event, flushed at once: for pipes, CI logs and ``tail -f``."""
+STREAM_MARKS = {"stdout": "|", "stderr": "!"}
 
-    def __init__(self, stream: IO[str]) -> None:
+
+class PlainListener(OutputListener):
+    """Timestamped lines, one per event, flushed at once: for pipes, CI logs and ``tail -f``.
+
+    Each output line of a step is printed as it arrives, prefixed with the step's
+    name (``build | text`` for stdout, ``build ! text`` for stderr), like
+    ``docker compose up``. ``quiet`` prints states only.
+    """
+
+    def __init__(self, stream: IO[str], *, quiet: bool = False) -> None:
         self.stream = stream
+        self.quiet = quiet
+        self.streamed: set[str] = set()  # steps whose output was already printed line by line
+
+    def step_output(self, name: str, stream: str, line: str) -> None:
+        if self.quiet:
+            return
+        self.streamed.add(name)
+        self._line(f"{name} {STREAM_MARKS.get(stream, '|')} {line}")
 
     def _line(self, text: str) -> None:
         stamp = datetime.now().isoformat(timespec="milliseconds")
@@ -189,6 +206,9 @@ class PlainListener(OutputListener):
         if result.status is StepStatus.TIMED_OUT and not problem:
             problem = "timed out"
         self._line(f"{line}: {problem}" if problem else line)
+        if self.quiet or result.name in self.streamed:  # states only, or its lines were printed already
+            self.streamed.discard(result.name)
+            return
         tail = output_tail(result) if shows_output(result.status) else []
         if tail != [problem]:  # a one-line stderr is already on the line above
             for text in tail:

@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import AuthenticationError, RedisError
 
 from devctl_dist.core.exceptions import BrokerUnavailableError
+from devctl_dist.core.secrets import Masker
 from devctl_dist.distributed import limits, signing
 from devctl_dist.distributed.app import TASK_NAME, create_app
 from devctl_dist.distributed.registry import served_queues, unserved
@@ -33,7 +34,7 @@ from devctl_dist.distributed.reports import Pending, ReportListener
 from devctl_dist.distributed.resume import earlier_attempt
 from devctl_dist.distributed.runs import RunLiveness, live_ttl
 from devctl_dist.distributed.state import cancel_key, lease_key, outcome_key
-from devctl_dist.runners.base import StepOutcome, StepSpec
+from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
 from devctl_dist.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,14 @@ class CeleryRunner:
     name = "distributed"
 
     def __init__(
-        self, settings: Settings | None = None, resume: bool = False, queues: list[str] | None = None
+        self,
+        settings: Settings | None = None,
+        resume: bool = False,
+        queues: list[str] | None = None,
+        secrets: list[str] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        self.secrets = list(secrets or [])  # sent with each step: the worker masks its log and stream
         self.resume = resume  # informational: a run seen before is always resumed exactly once (resume.py)
         self.required_queues = [q or self.settings.default_queue for q in (queues or [])]
         self._app: Celery | None = None
@@ -125,9 +131,13 @@ class CeleryRunner:
         replies = self._app.control.ping(timeout=self.settings.worker_ping_timeout, limit=1) or []
         return sorted(name for reply in replies for name in reply)
 
-    async def run(self, spec: StepSpec) -> StepOutcome:
-        """Send the step as a task and wait for its report; on cancellation kill it remotely first."""
+    async def run(self, spec: StepSpec, output: OutputSink | None = None) -> StepOutcome:
+        """Send the step as a task and wait for its report; on cancellation kill it remotely first.
+
+        While it runs, its output lines come back through the run's output stream to ``output``.
+        """
         listener, client = self._require()
+        spec.secrets = sorted(set(spec.secrets) | set(self.secrets))
         if listener.broken is not None:
             return _not_started(listener.broken)
         try:
@@ -306,7 +316,8 @@ def flower_args(spec: StepSpec) -> str:
 
     Never the step's ``env``, which may hold secrets; also cheaper than Celery's saferepr.
     """
-    command = spec.command if len(spec.command) <= 200 else spec.command[:197] + "..."
+    command = Masker(spec.secrets).mask(spec.command) if spec.secrets else spec.command
+    command = command if len(command) <= 200 else command[:197] + "..."
     return repr((spec.run_id, spec.name, {"command": command, "attempt": spec.attempt}))
 
 

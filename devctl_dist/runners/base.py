@@ -34,6 +34,7 @@ class StepSpec:
     attempt: int = 1
     cwd: str | None = None
     output_limit: int = DEFAULT_OUTPUT_LIMIT
+    secrets: list[str] = field(default_factory=list)  # values a worker masks in its log and stream
 
     @property
     def task_id(self) -> str:
@@ -74,6 +75,21 @@ class StepOutcome:
         return cls(**data)
 
 
+class OutputSink(Protocol):
+    """Receives a running step's output line by line, as it arrives (``EventBus`` is one).
+
+    ``stream`` is ``"stdout"`` or ``"stderr"``; ``line`` has no trailing newline
+    (a line longer than ``MAX_LINE`` bytes arrives in pieces). Runners call it
+    from the event loop's thread and keep only a bounded part of the output
+    themselves, so the sink is where the full output goes (the run's log file).
+    """
+
+    def step_output(self, name: str, stream: str, line: str) -> None: ...
+
+
+MAX_LINE = 64 * 1024
+
+
 class StepRunner(Protocol):
     """Runs steps somewhere. Implementations: ``LocalRunner``, ``CeleryRunner``.
 
@@ -88,8 +104,8 @@ class StepRunner(Protocol):
     async def start(self) -> None:
         """Acquire resources (connections); raise a ``DevctlError`` if impossible."""
 
-    async def run(self, spec: StepSpec) -> StepOutcome:
-        """Run one attempt to completion and return what happened."""
+    async def run(self, spec: StepSpec, output: OutputSink | None = None) -> StepOutcome:
+        """Run one attempt to completion and return what happened; stream its lines to ``output``."""
         ...
 
     async def close(self) -> None:

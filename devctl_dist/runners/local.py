@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from devctl_dist.runners.base import StepOutcome, StepSpec
+from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
 from devctl_dist.runners.process import StepProcess, ensure_child_status, spawn, step_environment
 from devctl_dist.runners.proctree import new_token
 
@@ -113,8 +113,8 @@ class LocalRunner:
             proc.cancelled = True
             proc.signal_tree(sig)
 
-    async def run(self, spec: StepSpec) -> StepOutcome:
-        """Run one attempt; honours ``spec.timeout`` and task cancellation."""
+    async def run(self, spec: StepSpec, output: OutputSink | None = None) -> StepOutcome:
+        """Run one attempt; honours ``spec.timeout`` and task cancellation; lines go to ``output``."""
         ensure_child_status()
         launch = plan_launch(spec)
         token = new_token()
@@ -127,7 +127,7 @@ class LocalRunner:
         started_at = time.time()
         try:
             env = step_environment(spec.env, token)
-            proc = self._spawn(launch, env, spec, token)
+            proc = self._spawn(launch, env, spec, token, output)
         except (OSError, ValueError) as error:
             return _spawn_failure(launch, error, started_at)
         self._running[proc.pid] = proc
@@ -146,7 +146,14 @@ class LocalRunner:
             error=proc.error,
         )
 
-    def _spawn(self, launch: Launch, env: Mapping[bytes, bytes], spec: StepSpec, token: str) -> StepProcess:
+    def _spawn(
+        self,
+        launch: Launch,
+        env: Mapping[bytes, bytes],
+        spec: StepSpec,
+        token: str,
+        output: OutputSink | None,
+    ) -> StepProcess:
         executable = None
         word = launch.direct_word
         if word is not None and "/" not in word and "PATH" in spec.env:
@@ -160,7 +167,14 @@ class LocalRunner:
                 raise
             # A script without a #! line: sh runs such files itself.
             pid, out_fd, err_fd = spawn([SHELL, "-c", spec.command], env)
-        return StepProcess(pid, out_fd, err_fd, spec.output_limit, self.drain_timeout, token)
+        on_line = None
+        if output is not None:
+            name, sink = spec.name, output.step_output
+
+            def on_line(stream: str, line: str) -> None:
+                sink(name, stream, line)
+
+        return StepProcess(pid, out_fd, err_fd, spec.output_limit, self.drain_timeout, token, on_line)
 
     async def _supervise(self, proc: StepProcess, timeout: float | None) -> None:
         """Wait for the step; on cancellation kill its group, reap it, re-raise."""

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from devctl_dist.runners.base import StepOutcome, StepSpec
+from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class InMemoryRunner:
         plan = self.scripts.get(name, ())
         return plan[attempt - 1] if attempt <= len(plan) else (plan[-1] if plan else self.default)
 
-    async def run(self, spec: StepSpec) -> StepOutcome:
+    async def run(self, spec: StepSpec, output: OutputSink | None = None) -> StepOutcome:
         loop = asyncio.get_running_loop()
         index = len(self.attempts)
         self.attempts.append(Attempt(spec.name, spec.attempt, loop.time()))
@@ -87,6 +87,10 @@ class InMemoryRunner:
             self._end(index, "cancelled")
             raise
         self._end(index, "timed_out" if script.timed_out else f"exit {script.exit_code}")
+        if output is not None:  # all at the end: scripted steps print instantly
+            for stream, text in (("stdout", script.stdout), ("stderr", script.stderr)):
+                for line in text.splitlines():
+                    output.step_output(spec.name, stream, line)
         return StepOutcome(
             exit_code=script.exit_code, stdout=script.stdout, stderr=script.stderr, timed_out=script.timed_out
         )

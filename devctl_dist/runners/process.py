@@ -25,11 +25,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from devctl_dist.runners.base import MAX_LINE
 from devctl_dist.runners.proctree import STEP_TOKEN_ENV, group_exists, group_has_live_members, signal_marked
 
 READ_SIZE = 65536
+TAIL_BYTES = 64 * 1024  # the end of a long output is kept too: it usually says why a step failed
 
 # Pipes are watched only once a step has run this long: most short steps exit
 # first and their output is read in one go at exit, saving four epoll
@@ -56,29 +58,64 @@ _RESET_SIGNALS = (
 
 
 class OutputCapture:
-    """Keeps the first ``limit`` bytes of a stream and counts the rest."""
+    """Keeps the first ``limit`` and the last ``TAIL_BYTES`` bytes of a stream; each line goes to ``on_line``.
 
-    __slots__ = ("data", "dropped", "limit")
+    Memory stays bounded whatever a step prints; the full output is whatever
+    ``on_line`` does with it (the run's log file). A line longer than
+    ``MAX_LINE`` bytes is passed on in pieces.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("data", "dropped", "limit", "on_line", "partial", "tail")
+
+    def __init__(self, limit: int, on_line: Callable[[str], None] | None = None) -> None:
         self.limit = max(0, limit)
         self.data = bytearray()
+        self.tail = bytearray()
         self.dropped = 0
+        self.on_line = on_line
+        self.partial = b""
 
     def feed(self, chunk: bytes) -> None:
+        if self.on_line is not None:
+            self._split(chunk)
         room = self.limit - len(self.data)
         if room >= len(chunk):
             self.data += chunk
-        elif room > 0:
+            return
+        if room > 0:
             self.data += chunk[:room]
-            self.dropped += len(chunk) - room
-        else:
-            self.dropped += len(chunk)
+            chunk = chunk[room:]
+        self.dropped += len(chunk)
+        self.tail += chunk
+        if len(self.tail) > TAIL_BYTES:
+            del self.tail[: len(self.tail) - TAIL_BYTES]
+
+    def _split(self, chunk: bytes) -> None:
+        assert self.on_line is not None
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self.on_line(line.decode("utf-8", errors="replace"))
+        while len(self.partial) > MAX_LINE:
+            piece, self.partial = self.partial[:MAX_LINE], self.partial[MAX_LINE:]
+            self.on_line(piece.decode("utf-8", errors="replace"))
+
+    def end(self) -> None:
+        """The stream closed: pass on a last line without a newline."""
+        if self.on_line is not None and self.partial:
+            self.on_line(self.partial.decode("utf-8", errors="replace"))
+        self.partial = b""
 
     def text(self) -> str:
         text = self.data.decode("utf-8", errors="replace")
         if self.dropped:
-            text += f"\n[... {self.dropped} bytes truncated]"
+            hidden = self.dropped - len(self.tail)
+            tail = self.tail.decode("utf-8", errors="replace")
+            if hidden > 0:
+                whole_lines = tail.partition("\n")[2] if "\n" in tail else tail
+                text += f"\n[... {hidden} bytes truncated]\n" + whole_lines
+            else:
+                text += tail
         return text
 
 
@@ -177,6 +214,7 @@ class StepProcess:
         output_limit: int,
         drain_timeout: float,
         token: str | None = None,
+        on_line: Callable[[str, str], None] | None = None,
     ) -> None:
         self.pid = pid
         self.token = token
@@ -187,8 +225,8 @@ class StepProcess:
         self.survivors = False
         self.timed_out = False
         self.ended_at = 0.0
-        self.stdout = OutputCapture(output_limit)
-        self.stderr = OutputCapture(output_limit)
+        self.stdout = OutputCapture(output_limit, _bind(on_line, "stdout"))
+        self.stderr = OutputCapture(output_limit, _bind(on_line, "stderr"))
         self._loop = asyncio.get_running_loop()
         self._drain_timeout = drain_timeout
         self._streams: dict[int, OutputCapture] = {out_fd: self.stdout, err_fd: self.stderr}
@@ -358,7 +396,9 @@ class StepProcess:
             self._check_finished()
 
     def _close_stream(self, fd: int) -> None:
-        if self._streams.pop(fd, None) is not None:
+        capture = self._streams.pop(fd, None)
+        if capture is not None:
+            capture.end()
             if self._readers_on:
                 self._loop.remove_reader(fd)
             _close_all(fd)
@@ -375,6 +415,12 @@ class StepProcess:
             self._drain_timer.cancel()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _bind(on_line: Callable[[str, str], None] | None, stream: str) -> Callable[[str], None] | None:
+    if on_line is None:
+        return None
+    return lambda line: on_line(stream, line)
 
 
 def ensure_child_status() -> None:

@@ -83,6 +83,12 @@ class WorkflowStepSchema(StrictModel):
     queue: Name | None = None
     parallel: ParallelBlockSchema | None = None
     depends_on: list[Name] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=list)  # env/params names whose values are masked
+
+    @model_validator(mode="before")
+    @classmethod
+    def _marked_secrets(cls, data: Any) -> Any:
+        return unwrap_secrets(data, ("env", "params"))
 
     @field_validator("params", mode="after")
     @classmethod
@@ -149,7 +155,13 @@ class WorkflowSchema(StrictModel):
     steps: list[WorkflowStepSchema] = Field(min_length=1)
     on_success: list[WorkflowStepSchema] = Field(default_factory=list)
     on_failure: list[WorkflowStepSchema] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=list)  # vars/env names whose values are masked
     _checked: Any = PrivateAttr(default=None)  # validation.check() caches its verdict here
+
+    @model_validator(mode="before")
+    @classmethod
+    def _marked_secrets(cls, data: Any) -> Any:
+        return unwrap_secrets(data, ("vars", "env"))
 
     @field_validator("version", mode="before")
     @classmethod
@@ -181,6 +193,29 @@ class WorkflowSchema(StrictModel):
     def is_sequential(self) -> bool:
         """No parallel block and no dependencies: the original engine's behaviour."""
         return not self.is_dag and not any(step.is_block for step in self.steps)
+
+
+def unwrap_secrets(data: Any, sections: tuple[str, ...]) -> Any:
+    """``NAME: {value: V, secret: true}`` in a section becomes ``NAME: V``, with NAME added to ``secrets``."""
+    if not isinstance(data, dict):
+        return data
+    marked: list[str] = []
+    changed = dict(data)
+    for section in sections:
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        unwrapped = dict(entries)
+        for key, value in entries.items():
+            if isinstance(value, dict) and set(value) == {"value", "secret"} and value["secret"] is True:
+                unwrapped[key] = value["value"]
+                marked.append(key)
+        changed[section] = unwrapped
+    if not marked:
+        return data
+    existing = changed.get("secrets")
+    changed["secrets"] = [*(existing if isinstance(existing, list) else []), *marked]
+    return changed
 
 
 def _stringify_env(value: Any) -> Any:

@@ -134,7 +134,7 @@ class StepRun:
             if attempt > 1:
                 spec.attempt = self.record.attempts = attempt
                 self.state.events.step_started(spec.name, attempt, self.block)
-            outcome = await self.state.runner.run(spec)
+            outcome = await self.state.runner.run(spec, output=self.state.events)
             if outcome.succeeded or attempt >= max_attempts:
                 return outcome
             delay = retry_delay(step, attempt)

@@ -1,0 +1,1 @@
+"""Run history: every run recorded as it changes (SQLite + per-step log files under the state directory)."""
