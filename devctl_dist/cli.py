@@ -218,6 +218,7 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
         resume=options.resume,
         force=options.force,
         distributed=options.distributed,
+        broker=options.broker,
     )
     runner = (
         celery_runner(

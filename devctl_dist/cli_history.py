@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,13 +47,21 @@ class RunHistory:
     masker: Masker
     recorder: HistoryRecorder
     distributed: bool = False
-    notes: list[str] = field(default_factory=list)
+    broker: str | None = None
 
     def listeners(self, shown: Sequence[RunListener]) -> list[RunListener]:
-        """The recorder and the display listeners, behind one masking listener."""
+        """The recorder (and the Redis record of a distributed run) and the display listeners,
+        behind one masking listener."""
         from devctl_dist.core.secrets import MaskingListener
 
-        return [MaskingListener(self.masker, [self.recorder, *shown])]
+        records: list[RunListener] = [self.recorder]
+        if self.distributed:
+            from devctl_dist.distributed.run_record import RedisRunRecord
+            from devctl_dist.settings import load_settings
+
+            settings = load_settings(broker_url=self.broker) if self.broker else load_settings()
+            records.append(RedisRunRecord(settings))
+        return [MaskingListener(self.masker, [*records, *shown])]
 
 
 def prepare_run(
@@ -64,6 +72,7 @@ def prepare_run(
     resume: str | None,
     force: bool,
     distributed: bool,
+    broker: str | None = None,
 ) -> RunHistory:
     """Open the store, find the run to resume (if any) and build the recorder."""
     from devctl_dist.core.secrets import workflow_secrets
@@ -89,7 +98,7 @@ def prepare_run(
     }
     names = [s.display_name for s in iter_steps(check(workflow).workflow, hooks=True) if not s.is_block]
     recorder = HistoryRecorder(store, run, names, keep=set(reuse))
-    return RunHistory(run_id, reuse, masker, recorder, distributed)
+    return RunHistory(run_id, reuse, masker, recorder, distributed, broker)
 
 
 def _renderer(workflow: WorkflowSchema, variables: Mapping[str, Any]) -> Any:

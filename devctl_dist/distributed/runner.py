@@ -34,6 +34,7 @@ from devctl_dist.distributed.reports import Pending, ReportListener
 from devctl_dist.distributed.resume import earlier_attempt
 from devctl_dist.distributed.runs import RunLiveness, live_ttl
 from devctl_dist.distributed.state import cancel_key, lease_key, outcome_key
+from devctl_dist.distributed.streaming import OutputReaders
 from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
 from devctl_dist.settings import Settings, redact_url
 
@@ -73,6 +74,7 @@ class CeleryRunner:
         self._liveness: RunLiveness | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devctl-celery")
         self.workers: list[str] = []
+        self._output = OutputReaders()  # step output streamed by workers, per run
 
     @property
     def broker(self) -> str:
@@ -147,11 +149,15 @@ class CeleryRunner:
             future = await listener.expect(spec, task_id)
         except (RedisError, OSError) as exc:
             return _not_started(f"cannot reach broker {self.broker} ({type(exc).__name__})")
+        if output is not None:
+            self._output.attach(client, spec, task_id, output)
         try:
             _raise_if_cancelling()
             if send:
                 await self._call(self._send, spec, task_id, self._generation(spec))
-            return await asyncio.shield(future)
+            outcome = await asyncio.shield(future)
+            await self._output.finish(spec.run_id, task_id, outcome.streamed)
+            return outcome
         except asyncio.CancelledError:
             if not await asyncio.shield(self._cancel_remote(task_id, future)):
                 return _cancel_unconfirmed(self.broker)  # it may still run: never call that "cancelled"
@@ -160,6 +166,7 @@ class CeleryRunner:
             return _not_started(f"cannot send to broker {self.broker} ({type(exc).__name__})")
         finally:
             listener.forget(task_id)
+            self._output.detach(spec.run_id, task_id)
 
     async def _prepare(self, spec: StepSpec, client: aioredis.Redis) -> tuple[str, StepOutcome | None, bool]:
         """(task id, an outcome to reuse, whether to send): a run seen before is resumed exactly once."""
@@ -295,6 +302,7 @@ class CeleryRunner:
 
     async def close(self) -> None:
         """Stop the reader and release connections; never raises."""
+        await self._output.close()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None

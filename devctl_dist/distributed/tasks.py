@@ -36,6 +36,7 @@ from devctl_dist.distributed import kombu_patch, limits, procs, signing, worker_
 from devctl_dist.distributed.app import TASK_NAME, create_app, settings_of
 from devctl_dist.distributed.registry import WorkerRegistration
 from devctl_dist.distributed.state import WorkerState
+from devctl_dist.distributed.streaming import OutputPusher
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.runners.local import LocalRunner
 from devctl_dist.settings import Settings
@@ -164,9 +165,14 @@ async def _run_guarded(
     started = time.time()
     worker = spec.env.get(procs.WORKER_NAME_ENV, _this_worker())
     renewer = asyncio.create_task(_renew_lease(state, task_id, worker, started, settings.lease_seconds / 3))
+    pusher = OutputPusher(state.client, spec, task_id)  # lines to the coordinator, and to the worker's log
     try:
-        return await runner.run(spec)
+        outcome = await runner.run(spec, output=pusher)
+        await asyncio.to_thread(pusher.close)  # its last lines are in Redis before the outcome is
+        outcome.streamed = pusher.seq
+        return outcome
     finally:
+        pusher.close(timeout=0)
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer  # leave nothing pending on the reused loop

@@ -62,6 +62,7 @@ class StepOutcome:
     error: str | None = None
     worker: str | None = None
     infrastructure: bool = False  # failed for lack of the broker, not by the step: the run stops (exit 3)
+    streamed: int = 0  # entries a worker pushed to the run's output stream (0: no lines to wait for)
 
     @property
     def succeeded(self) -> bool:
