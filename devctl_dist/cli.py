@@ -257,6 +257,8 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
         raise
     finalize(listeners, result)
     if result.fault is not None:  # the run stopped because the broker went away: exit 3, retry later
+        if options.distributed:
+            raise_if_broker_lost(options.broker, result)  # the line that names the broker
         raise InfrastructureError(result.fault)
     code = run_exit_code(result)
     if code == EXIT_FAILED and options.distributed:

@@ -286,7 +286,6 @@ class ReportListener:
                     error="step lost: the broker restarted before a worker took it "
                     "(run Redis with appendonly yes)",
                     ended_at=time.time(),
-                    infrastructure=True,
                 ),
             )
 
