@@ -73,12 +73,11 @@ def test_resume_after_the_coordinator_was_killed(
         assert (tmp_path / f"{name}.count").read_text().splitlines() == [name]
 
 
-def test_resume_needs_distributed(tmp_path: Path) -> None:
+def test_local_resume_of_an_unknown_run_is_one_line(tmp_path: Path) -> None:
+    """Local --resume reads the run store (tests/test_cli_history.py); an unknown id is exit 2, one line."""
     proc = subprocess.run(
         [DEVCTL, "run", str(_workflow(tmp_path)), "--resume", "x"], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        == "devctl: error: --resume only applies with --distributed (step results live in Redis)"
-    )
+    assert proc.stderr.startswith("devctl: error: --resume x: no run 'x' in the run store ")
+    assert len(proc.stderr.strip().splitlines()) == 1
