@@ -41,6 +41,7 @@ MAX_ENTRIES = 256  # MAXLEN ~: the hard bound when nobody reads
 QUEUE_BYTES = 4 * 1024 * 1024
 STALL = 10.0  # seconds without coordinator progress before the pusher stops waiting
 FLUSH_EVERY = 0.05
+ROOM_WAIT = 0.5  # the longest a full queue holds the worker's loop without the stream moving
 STREAM_TTL = 3600
 END_WAIT = 3.0  # coordinator: how long to wait for a step's last lines without any progress
 STREAMS = {"stdout": "o", "stderr": "e", "o": "stdout", "e": "stderr"}
@@ -72,6 +73,7 @@ class OutputPusher:
         self.queued = 0
         self.dropped = 0
         self.seq = 0
+        self.sent = 0
         self.cond = threading.Condition()
         self.closing = False
         self.waiting_allowed = True
@@ -94,13 +96,28 @@ class OutputPusher:
         if self.file is not None:
             self.file.write(line + "\n")
         with self.cond:
-            if self.queued + len(line) > QUEUE_BYTES:
+            if self.queued + len(line) > QUEUE_BYTES and not self._wait_for_room(len(line)):
                 self.dropped += 1
                 return
             self.queue.append((STREAMS.get(stream, "o"), line))
             self.queued += len(line) + 1
             if self.queued >= BATCH_BYTES:
                 self.cond.notify()
+
+    def _wait_for_room(self, size: int) -> bool:
+        """Hold the step's output (its pipe fills, the step waits) while the stream moves; False if stalled.
+
+        Each wait is short and ends as soon as the pusher takes the queue, so the
+        worker's loop (lease renewal, timeouts) keeps turning between lines.
+        """
+        while self.waiting_allowed:
+            sent = self.sent
+            self.cond.wait(ROOM_WAIT)
+            if self.queued + size <= QUEUE_BYTES:
+                return True
+            if self.sent == sent:
+                return False
+        return False
 
     def close(self, timeout: float = 60.0) -> None:
         """Push what is queued (bounded wait), then the end marker; close the log file. Idempotent."""
@@ -120,6 +137,7 @@ class OutputPusher:
                     self.cond.wait(FLUSH_EVERY)
                 batches = self._take()
                 done = self.closing and not self.queue
+                self.cond.notify_all()  # room again for a step_output waiting in _wait_for_room
             try:
                 for stream, data in batches:
                     self._send({"o": stream, "d": data})
@@ -165,6 +183,7 @@ class OutputPusher:
         )
         pipe.expire(self.key, STREAM_TTL)
         pipe.execute()
+        self.sent += 1
 
     def _wait_for_reader(self) -> None:
         """Backpressure: while the coordinator is ``BACKLOG`` entries behind, wait (unless it stalled)."""
