@@ -112,7 +112,7 @@ def test_max_concurrent_never_exceeded(make_runner: Factory, tmp_path: Path) -> 
     data = block(log, "fail_all", steps)
     data["parallel"] = {"max_concurrent": 3}
     result = run_workflow(data, make_runner(), tmp_path)
-    assert result.success
+    assert result.success, {n: (r.status.value, r.error or r.skip_reason) for n, r in result.steps.items()}
     assert max_overlap(log) <= 3
     assert max_overlap(log) >= 2  # it did run in parallel
 
