@@ -60,7 +60,8 @@ class Scene:
         return self.tmp / "devctl-worker-1.log"
 
     def workflow(self) -> Path:
-        step = f"!echo $$ > {self.started}; sleep {STEP_SECONDS}; date +%s.%N > {self.done}.tmp && mv {self.done}.tmp {self.done}; echo finished"
+        done = f"date +%s.%N > {self.done}.tmp && mv {self.done}.tmp {self.done}"  # never seen half-written
+        step = f"!echo $$ > {self.started}; sleep {STEP_SECONDS}; {done}; echo finished"
         path = self.tmp / "long.yaml"
         path.write_text(
             yaml.safe_dump({"name": "warm-shutdown", "steps": [{"name": "long", "command": step}]})
