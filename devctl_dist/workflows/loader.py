@@ -2,7 +2,7 @@
 
 Every error names the file and line, and the step when it is inside one:
 ``deploy.yaml:14: step 'Deploy API': unknown key 'comand'``. Lines come from the
-YAML node tree (SafeLoader only), which is walked in parallel with pydantic's
+YAML node tree (yaml_parse.py), which is walked in parallel with pydantic's
 error location; no traceback or multi-line pydantic message reaches the user.
 """
 
@@ -18,55 +18,16 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from devctl_dist.core.exceptions import WorkflowLoadError, WorkflowValidationError
-from devctl_dist.workflows.input_checks import MAX_DEPTH, MAX_DOCUMENT_BYTES, check_nodes, suggestion
+from devctl_dist.workflows.input_checks import MAX_DOCUMENT_BYTES, suggestion
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import normalize
+from devctl_dist.workflows.yaml_parse import one_line as _one_line
+from devctl_dist.workflows.yaml_parse import parse_yaml
 
 Loc = tuple[int | str, ...]
 
 _ROOT_STEP_LISTS = ("steps", "on_success", "on_failure")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_SHOWN = 60
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, line: int, first_line: int) -> None:
-        super().__init__(key)
-        self.key, self.line, self.first_line = key, line, first_line
-
-
-class _TooDeep(Exception):
-    def __init__(self, line: int) -> None:
-        super().__init__(line)
-        self.line = line
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (plain YAML keeps the last silently)
-    and nesting deeper than ``MAX_DEPTH`` (PyYAML's scanner is quadratic in the depth)."""
-
-    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
-        if self.flow_level >= MAX_DEPTH:
-            raise _TooDeep(self.line + 1)
-        super().fetch_flow_collection_start(TokenClass)
-
-    def add_indent(self, column: int) -> bool:
-        if len(self.indents) >= MAX_DEPTH:
-            raise _TooDeep(self.line + 1)
-        return bool(super().add_indent(column))
-
-    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        node = super().compose_mapping_node(anchor)
-        seen: dict[tuple[str, str], int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue
-            key = (key_node.tag, key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKey(key_node.value, line, seen[key])
-            seen[key] = line
-        return node
 
 
 def load_workflow(path: str | Path) -> WorkflowSchema:
@@ -98,7 +59,7 @@ def load_workflow_text(text: str, source: str) -> WorkflowSchema:
     """
     if len(text) > MAX_DOCUMENT_BYTES:
         raise WorkflowLoadError(f"file is too large (over {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB)", source)
-    root, data = _parse_yaml(text, source)
+    root, data = parse_yaml(text, source)
     if root is None:
         raise WorkflowLoadError("file is empty (expected a mapping with 'steps')", source)
     if not isinstance(data, dict):
@@ -110,59 +71,6 @@ def load_workflow_text(text: str, source: str) -> WorkflowSchema:
     except ValidationError as error:
         raise _first_error(error, root, data, source) from None
     return normalize(workflow)
-
-
-def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """Compose the node tree (for lines) and construct the data from the same tree."""
-    loader: _StrictSafeLoader | None = None
-    try:
-        loader = _StrictSafeLoader(text)  # the reader checks every character here
-        root = loader.get_single_node()
-        if root is not None:
-            check_nodes(root, source)
-        data = loader.construct_document(root) if root is not None else None
-    except _TooDeep as deep:
-        raise WorkflowLoadError(
-            f"invalid YAML: nested more than {MAX_DEPTH} levels deep", source, deep.line
-        ) from None
-    except _DuplicateKey as dup:
-        message = f"duplicate key '{dup.key}' (first defined on line {dup.first_line})"
-        raise WorkflowLoadError(message, source, dup.line) from None
-    except yaml.MarkedYAMLError as error:
-        raise _yaml_error(error, source) from None
-    except yaml.reader.ReaderError as error:
-        line = text[: error.position].count("\n") + 1
-        what = f"character #x{error.character:04x}" if isinstance(error.character, int) else "character"
-        message = f"invalid YAML: control {what} is not allowed, even in a comment"
-        raise WorkflowLoadError(message, source, line) from None
-    except yaml.YAMLError as error:
-        raise WorkflowLoadError(f"invalid YAML: {_one_line(str(error))}", source) from None
-    except RecursionError:
-        raise WorkflowLoadError("invalid YAML: nested too deeply", source) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    return root, data
-
-
-def _yaml_error(error: yaml.MarkedYAMLError, source: str) -> WorkflowLoadError:
-    """One line from PyYAML's problem/context pair, at the problem's line."""
-    mark = error.problem_mark or error.context_mark
-    line = mark.line + 1 if mark is not None else None
-    problem, context = _one_line(error.problem or ""), _one_line(error.context or "")
-    if problem.startswith("but ") and context:
-        message = f"invalid YAML: {context} {problem}"
-    else:
-        message = f"invalid YAML: {problem or context or 'syntax error'}"
-        context_mark = error.context_mark
-        if problem and context and context_mark is not None and context_mark.line + 1 != line:
-            message += f" ({context} at line {context_mark.line + 1})"
-    if "<block" in problem:
-        message += "; check the indentation"
-    unknown_tag = re.search(r"for the tag '(![^']*)'", error.problem or "")
-    if unknown_tag:
-        message += f'; quote shell commands: command: "{unknown_tag.group(1)} ..."'
-    return WorkflowLoadError(message, source, line)
 
 
 def _first_error(error: ValidationError, root: yaml.Node, data: Any, source: str) -> WorkflowValidationError:
@@ -319,10 +227,6 @@ def _describe(value: Any) -> str:
         return "a list"
     shown = repr(value)
     return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 4] + "...'"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def locate_step(path: str | Path, name: str, occurrence: int = 0) -> int | None:
