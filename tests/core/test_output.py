@@ -346,3 +346,38 @@ def test_finalize_delivers_the_result_once_and_closes_the_display(
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_live_table_shows_each_running_steps_latest_line_and_a_failed_steps_streamed_tail(
+    live_table: LiveFactory,
+) -> None:
+    listener, buffer = live_table(refresh_per_second=50)
+    listener.run_started("deploy", "deploy-1234", "parallel", ["api", "web"])
+    listener.block_started("ship", ["api", "web"])
+    listener.step_started("api", 1, "ship")
+    listener.step_started("web", 1, "ship")
+    for index in range(12):
+        listener.step_output("api", "stdout", f"api line {index}")
+    listener.step_output("web", "stderr", "web is compiling")
+    time.sleep(0.2)  # a few refreshes of the live table
+    running = buffer.getvalue()
+    assert "api line 11" in running and "web is compiling" in running and "Output" in running
+    failed = step("api", StepStatus.FAILED, exit_code=2, stdout="only the first MiB")
+    listener.step_finished(failed)
+    listener.step_finished(step("web", StepStatus.SUCCEEDED))
+    listener.block_finished(block_result("ship", [failed]))
+    tail = buffer.getvalue()[buffer.getvalue().index("--- api: exit 2") :]
+    shown = [int(n) for n in re.findall(r"^\s+api line (\d+)\s*$", tail, re.MULTILINE)]
+    assert shown == list(range(2, 12))  # the last 10 lines it streamed, not its stored stdout
+
+
+def test_quiet_shows_states_only() -> None:
+    out = io.StringIO()
+    listener = PlainListener(out, quiet=True)
+    listener.step_output("build", "stdout", "compiling")
+    listener.step_finished(step("build", StepStatus.FAILED, exit_code=1, stderr="boom\nbang\n"))
+    assert "compiling" not in out.getvalue() and "FAIL build exit 1" in out.getvalue()
+    assert "bang" not in out.getvalue()
+    loud = io.StringIO()
+    PlainListener(loud).step_output("build", "stderr", "warning: x")
+    assert re.fullmatch(STAMP + r" build ! warning: x\n", loud.getvalue())
