@@ -11,16 +11,14 @@ store and the worker's log and stream see masked copies.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from devctl_dist.core.events import RunListener
+from devctl_dist.core.events import EventBus, RunListener
 from devctl_dist.core.reporting import OutputListener
 from devctl_dist.core.results import ParallelBlockResult, RunResult, StepResult
 
-log = logging.getLogger(__name__)
 
 MASK = "***"
 SECRET_SUFFIXES = ("_TOKEN", "_PASSWORD", "_SECRET", "_KEY")
@@ -159,44 +157,32 @@ def _all_steps(workflow: Any) -> Iterable[Any]:
             yield step
 
 
-class MaskingListener(OutputListener):
-    """Sits in front of the real listeners and hands them masked lines and results."""
+class MaskingListener(EventBus, OutputListener):
+    """Sits in front of the real listeners and hands them masked lines and results.
+
+    An ``EventBus`` (events that carry no text pass through unchanged) whose
+    text-carrying events are masked first.
+    """
 
     def __init__(self, masker: Masker, listeners: Iterable[RunListener]) -> None:
+        super().__init__(listeners)
         self.masker = masker
-        self.listeners = list(listeners)
-
-    def _each(self, event: str, *args: Any) -> None:
-        for listener in self.listeners:
-            try:
-                getattr(listener, event)(*args)
-            except Exception:  # one broken display must not silence the others
-                log.exception("listener %r failed on %s", listener, event)
-
-    def run_started(self, workflow: str, run_id: str, mode: str, step_names: list[str]) -> None:
-        self._each("run_started", workflow, run_id, mode, step_names)
-
-    def block_started(self, block: str, step_names: list[str]) -> None:
-        self._each("block_started", block, step_names)
-
-    def step_started(self, name: str, attempt: int, block: str | None) -> None:
-        self._each("step_started", name, attempt, block)
 
     def step_output(self, name: str, stream: str, line: str) -> None:
-        self._each("step_output", name, stream, self.masker.mask(line))
+        self._emit("step_output", name, stream, self.masker.mask(line))
 
     def step_retrying(self, name: str, attempt: int, delay: float, error: str | None) -> None:
-        self._each("step_retrying", name, attempt, delay, self.masker.mask_optional(error))
+        self._emit("step_retrying", name, attempt, delay, self.masker.mask_optional(error))
 
     def step_finished(self, result: StepResult) -> None:
-        self._each("step_finished", self.masker.step(result))
+        self._emit("step_finished", self.masker.step(result))
 
     def block_finished(self, result: ParallelBlockResult) -> None:
-        self._each("block_finished", self.masker.block(result))
+        self._emit("block_finished", self.masker.block(result))
 
     def run_finished(self, result: RunResult) -> None:
-        super().run_finished(result)
-        self._each("run_finished", self.masker.run(result))
+        self.finished = True
+        self._emit("run_finished", self.masker.run(result))
 
     def close(self) -> None:
         for listener in self.listeners:

@@ -233,24 +233,20 @@ class GroupRun:
 
     def _skip(self, name: str, reason: str) -> None:
         """Record a node that will never start (and, for a block, every step inside it)."""
-        step = self.group.nodes[name]
-        result = skipped(name, reason, self.group.label)
-        self.outcome[name] = result
-        if step.parallel is None:
-            self.state.finish(result)
-        else:
-            self._skip_inside(step, reason)
-            self.state.finish_block(result)
+        self.outcome[name] = self._skip_tree(self.group.nodes[name], reason, self.group.label)
 
     def _skip_inside(self, step: WorkflowStepSchema, reason: str) -> None:
         assert step.parallel is not None
         for inner in step.parallel.steps:
-            result = skipped(inner.display_name, reason, step.display_name)
-            if inner.parallel is None:
-                self.state.finish(result)
-            else:
-                self._skip_inside(inner, reason)
-                self.state.finish_block(result)
+            self._skip_tree(inner, reason, step.display_name)
+
+    def _skip_tree(self, step: WorkflowStepSchema, reason: str, label: str | None) -> StepResult:
+        result = skipped(step.display_name, reason, label)
+        if step.parallel is None:
+            return self.state.finish(result)
+        self._skip_inside(step, reason)
+        self.state.finish_block(result)
+        return result
 
     def _block_done(self, name: str, block: ParallelBlockResult) -> None:
         error = None if block.success else f"block '{name}' {block.status.value}"
