@@ -19,7 +19,6 @@ from devctl_dist.core.events import EventBus, RunListener
 from devctl_dist.core.reporting import OutputListener
 from devctl_dist.core.results import ParallelBlockResult, RunResult, StepResult
 
-
 MASK = "***"
 SECRET_SUFFIXES = ("_TOKEN", "_PASSWORD", "_SECRET", "_KEY")
 MIN_SECRET_LENGTH = 3  # masking "1" or "ok" everywhere would garble every line (GitHub does the same)
