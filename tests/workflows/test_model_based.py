@@ -30,7 +30,7 @@ from devctl_dist.workflows.loader import load_workflow_text
 from tests.workflows.model import Block, Flow, Leaf, Model, Node, leaves
 from tests.workflows.virtual_time import run_virtual
 
-EXAMPLES = int(os.environ.get("DEVCTL_MODEL_EXAMPLES", "1500"))
+EXAMPLES = int(os.environ.get("DEVCTL_MODEL_EXAMPLES", "2000"))
 
 
 class _Names:
