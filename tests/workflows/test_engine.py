@@ -158,17 +158,17 @@ steps:
 def test_infrastructure_failure_stops_the_whole_run(tmp_path: Path) -> None:
     """A runner that loses its broker fails that step and stops everything else; the result says why."""
     from devctl_dist.core.exceptions import BrokerUnavailableError
-    from devctl_dist.runners.base import StepOutcome, StepSpec
+    from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
     from devctl_dist.runners.memory import InMemoryRunner, Script
     from devctl_dist.workflows.engine import WorkflowEngine
     from devctl_dist.workflows.loader import load_workflow_text
     from tests.workflows.virtual_time import run_virtual
 
     class LosesBroker(InMemoryRunner):
-        async def run(self, spec: StepSpec) -> StepOutcome:
+        async def run(self, spec: StepSpec, output: OutputSink | None = None) -> StepOutcome:
             if spec.name == "lost":
                 raise BrokerUnavailableError("lost the broker redis://h:6379/0 during the run")
-            return await super().run(spec)
+            return await super().run(spec, output)
 
     text = """
 steps:
