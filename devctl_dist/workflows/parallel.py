@@ -279,7 +279,9 @@ class GroupRun:
             status = StepStatus.CANCELLED
         else:
             status = StepStatus.SUCCEEDED if success else StepStatus.FAILED
-        result = ParallelBlockResult(group.label, success, steps, status, time.time() - self._started_at)
+        result = ParallelBlockResult(
+            group.event_label or group.label, success, steps, status, time.time() - self._started_at
+        )
         if group.record:
             self.executor.blocks.append(result)
         if group.event_label is not None:
