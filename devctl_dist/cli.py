@@ -11,6 +11,7 @@ imports Celery.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from collections.abc import Callable, Collection, Iterator
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from devctl_dist import __version__
 from devctl_dist.cli_errors import CliState, DevctlGroup, one_line, report
 from devctl_dist.cli_help import EPILOG_GRAPH, EPILOG_MAIN, EPILOG_RUN, EPILOG_VALIDATE, HELP, RUN_HELP
 from devctl_dist.cli_support import PipeSafeStream, expand_paths, parse_vars
@@ -40,22 +42,12 @@ from devctl_dist.core.exceptions import (
     WorkflowError,
     WorkflowValidationError,
 )
-from devctl_dist.core.output import OUTPUT_FORMATS, finalize, make_listeners
-from devctl_dist.runners.base import StepRunner
 from devctl_dist.service_commands import BROKER_HELP, flower_command, worker_command
-from devctl_dist.workflows.graph_format import (
-    GRAPH_FORMATS,
-    count_steps,
-    format_graph,
-    format_plan,
-    workflow_mode,
-)
-from devctl_dist.workflows.loader import load_workflow, locate_step
-from devctl_dist.workflows.schema import WorkflowSchema
-from devctl_dist.workflows.validation import check
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported by the commands that use it: start-up stays fast
+    from devctl_dist.runners.base import StepRunner
     from devctl_dist.workflows.results import RunResult
+    from devctl_dist.workflows.schema import WorkflowSchema
 
 __all__ = ["cli", "main", "parse_vars"]
 
@@ -80,6 +72,9 @@ def load_checked(path: str) -> tuple[WorkflowSchema, list[str]]:
     Every command that reads a workflow goes through here, so each reports a bad
     file the same way: ``FILE:LINE: message``.
     """
+    from devctl_dist.workflows.loader import load_workflow  # pydantic: only once a file is read
+    from devctl_dist.workflows.validation import check
+
     with invalid_input():
         workflow = load_workflow(path)
         try:
@@ -91,6 +86,8 @@ def load_checked(path: str) -> tuple[WorkflowSchema, list[str]]:
 
 def _graph_error_line(path: str, error: GraphError) -> int | None:
     """Point at the step the graph error is about: the file and line make it actionable."""
+    from devctl_dist.workflows.loader import locate_step
+
     if isinstance(error, MissingDependencyError):
         return locate_step(path, error.step)
     if isinstance(error, DuplicateStepError):
@@ -98,6 +95,31 @@ def _graph_error_line(path: str, error: GraphError) -> int | None:
     if isinstance(error, DependencyCycleError):
         return locate_step(path, error.cycle[0])
     return None
+
+
+class LazyChoice(click.Choice[str]):
+    """A ``click.Choice`` whose choices are ``module.attribute``, imported when first read.
+
+    The choices of ``--output`` live with the listeners (Rich), those of ``graph
+    --format`` with the formatter (pydantic): `devctl validate` and `--version`
+    import neither.
+    """
+
+    def __init__(self, module: str, attribute: str) -> None:  # no super(): it would read them now
+        self._where = (module, attribute)
+        self._choices: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._choices is None:
+            module, attribute = self._where
+            self._choices = tuple(getattr(importlib.import_module(module), attribute))
+        return self._choices
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        self._choices = tuple(value)
 
 
 # ---------------------------------------------------------------- the group
@@ -108,7 +130,7 @@ def _graph_error_line(path: str, error: GraphError) -> int | None:
     epilog=EPILOG_MAIN,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(package_name="devctl-dist", prog_name="devctl")
+@click.version_option(__version__, prog_name="devctl")  # not package_name: importlib.metadata is slow
 @click.option("--debug", is_flag=True, help=HELP["debug"])
 @click.pass_obj
 def cli(state: CliState, debug: bool) -> None:
@@ -149,7 +171,7 @@ def run_options(func: F) -> F:
         click.option(
             "--output",
             "-o",
-            type=click.Choice(OUTPUT_FORMATS),
+            type=LazyChoice("devctl_dist.core.output", "OUTPUT_FORMATS"),
             default="table",
             show_default=True,
             help=HELP["output"],
@@ -204,11 +226,14 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     for warning in warnings:
         click.echo(f"devctl: warning: {warning}", err=True)
     if options.dry_run:
+        from devctl_dist.workflows.graph_format import format_plan
+
         with invalid_input():
             plan = format_plan(workflow, options.max_concurrent, as_json=options.output == "json")
         click.echo(plan, nl=False)
         return EXIT_OK
     from devctl_dist.cli_history import prepare_run
+    from devctl_dist.core.output import finalize, make_listeners  # Rich: only for a real run
     from devctl_dist.workflows.engine import WorkflowEngine  # validate/graph need no engine
 
     history = prepare_run(
@@ -356,7 +381,9 @@ def validate_command(state: CliState, files: tuple[str, ...], variables: tuple[s
 
 def validate_file(path: str, variables: Collection[str]) -> list[str]:
     """The OK line and warnings for one file; raises (exit 2) what a run would fail on."""
+    from devctl_dist.workflows.graph_format import count_steps, workflow_mode
     from devctl_dist.workflows.lint import lint_workflow  # Jinja2: only when a file loaded
+    from devctl_dist.workflows.loader import locate_step
 
     workflow, warnings = load_checked(path)
     problems = lint_workflow(workflow, variables)
@@ -372,10 +399,17 @@ def validate_file(path: str, variables: Collection[str]) -> list[str]:
 @click.command("graph", epilog=EPILOG_GRAPH)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
-    "--format", "-f", "fmt", type=click.Choice(GRAPH_FORMATS), default="text", help=HELP["graph-format"]
+    "--format",
+    "-f",
+    "fmt",
+    type=LazyChoice("devctl_dist.workflows.graph_format", "GRAPH_FORMATS"),
+    default="text",
+    help=HELP["graph-format"],
 )
 def graph_command(file: str, fmt: str) -> None:
     """Draw a workflow: steps, parallel blocks (as clusters) and dependencies."""
+    from devctl_dist.workflows.graph_format import format_graph
+
     workflow, warnings = load_checked(file)
     for warning in warnings:
         click.echo(f"devctl: warning: {warning}", err=True)

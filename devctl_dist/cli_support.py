@@ -14,8 +14,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-import yaml
-
 from devctl_dist.core.exceptions import UsageError
 
 _BOOL_WORDS = frozenset({"true", "false"})
@@ -47,6 +45,8 @@ def typed_value(text: str) -> Any:
     A quoted value (``"'10'"``) is the string inside the quotes. Unquoted text is
     kept verbatim (YAML would drop a `` #comment`` or surrounding spaces).
     """
+    import yaml  # only when a --var is given
+
     stripped = text.strip()
     try:
         parsed = yaml.safe_load(stripped) if stripped else None
