@@ -40,14 +40,15 @@ def _name(index: int) -> str:
 def dag_file(path: Path, steps: int, *, shuffled: bool = False, seed: int = 7) -> Path:
     """A DAG: two steps in three depend on one random step among the 1,000 before them."""
     rng = random.Random(seed)
+    command = "*t" if steps > 50_000 else "'!true'"  # the alias only where 4 MiB needs it
     rows = []
     for i in range(steps):
         name = _name(i)
         if i and i % 3:
             parent = _name(rng.randrange(max(0, i - 1000), i))
-            rows.append(f"- {{name: {name},command: *t,depends_on: {parent}}}")
+            rows.append(f"- {{name: {name},command: {command},depends_on: {parent}}}")
         else:
-            rows.append(f"- {{name: {name},command: *t}}")
+            rows.append(f"- {{name: {name},command: {command}}}")
     if shuffled:
         rng.shuffle(rows)
     text = f"name: dag{steps}\nvars: {{t: &t '!true'}}\nsteps:\n" + "\n".join(rows) + "\n"
