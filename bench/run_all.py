@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-IN_PROCESS = ["bench_engine.py", "bench_local.py", "bench_graph.py", "bench_limits.py", "bench_distributed.py"]
+IN_PROCESS = ["bench_engine.py", "bench_local.py", "bench_graph.py", "bench_limits.py"]
+IN_PROCESS += ["bench_distributed.py"]
 
 
 def main() -> int:
