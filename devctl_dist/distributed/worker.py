@@ -12,11 +12,17 @@ running steps finish, nothing new starts). Its hostname is unique per process,
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from devctl_dist.core.exceptions import UsageError
 from devctl_dist.settings import Settings, load_settings, redact_url
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 def worker_argv(
@@ -61,11 +67,7 @@ def run_worker(
     app = create_worker_app(settings)
     argv = worker_argv(settings, queues, concurrency, loglevel, hostname)
     print(f"devctl worker on {redact_url(settings.broker_url)}: {' '.join(argv[1:])}", file=sys.stderr)
-    try:
-        app.worker_main(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    return _run_celery(app, argv)
 
 
 def flower_argv(port: int, basic_auth: str | None, address: str | None = None) -> list[str]:
@@ -91,10 +93,34 @@ def run_flower(
     app = create_worker_app(settings)
     print(f"devctl flower on http://localhost:{port} for {redact_url(settings.broker_url)}", file=sys.stderr)
     try:
-        app.start(flower_argv(port, basic_auth, address))
+        return _run_celery(app, flower_argv(port, basic_auth, address))
+    except OSError as exc:  # Tornado's listen(): a busy or forbidden port is the user's to fix
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UsageError(
+            f"flower cannot listen on {address or '127.0.0.1'}:{port}: {exc.strerror}; choose another --port"
+        ) from exc
+
+
+def _run_celery(app: Celery, argv: list[str]) -> int:
+    """Run a ``celery`` subcommand for ``app`` and return its exit code.
+
+    ``app.worker_main`` and ``app.start`` drop the code Celery's command returns, so a
+    worker that stopped on an "Unrecoverable error" exited 0 and looked like a clean stop.
+    """
+    import click
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # what ``app.start`` does: the --app option's default
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,10 +73,36 @@ def test_sigterm_is_a_warm_shutdown(worker_factory: WorkerFactory, redis_url: st
     assert worker.process.wait(30) == 0
 
 
+def test_a_worker_that_cannot_start_exits_nonzero(tmp_path: Path) -> None:
+    """An "Unrecoverable error" at start is exit 1, not 0 (Celery's worker_main drops the code)."""
+    env = dict(os.environ, DEVCTL_RESULT_BACKEND="nosuch://backend", DEVCTL_HOME=str(tmp_path))
+    command = [sys.executable, "-m", "devctl_dist.distributed.worker", "--broker", "redis://127.0.0.1:1/0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert "Unrecoverable error" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 1, done.stderr[-2000:]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_flower_on_a_busy_port_is_one_usage_line(tmp_path: Path) -> None:
+    """Another program holds the port: exit 2 and one line naming it, not an "internal error"."""
+    devctl = str(Path(sys.executable).with_name("devctl"))
+    env = dict(os.environ, DEVCTL_HOME=str(tmp_path))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        command = [devctl, "flower", "--port", str(port), "--broker", "redis://127.0.0.1:1/0"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("devctl: ")]
+    expected = f"flower cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"
+    assert errors == [f"devctl: error: {expected}"], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 @pytest.fixture
