@@ -45,14 +45,15 @@ class TimedListener:
 
 
 def run(args: argparse.Namespace, phases: dict[str, float]) -> None:
-    from devctl_dist.cli_support import PipeSafeStream
-    from devctl_dist.core.output import finalize, make_listeners
-    from devctl_dist.workflows.engine import WorkflowEngine
-
+    """Lazy imports count in the phase that first needs them, as in ``devctl``."""
     mark = time.perf_counter()
     workflow, _ = cli.load_checked(args.file)
     phases["load+check"] = time.perf_counter() - mark
     mark = time.perf_counter()
+    from devctl_dist.cli_support import PipeSafeStream
+    from devctl_dist.core.output import finalize, make_listeners
+    from devctl_dist.workflows.engine import WorkflowEngine
+
     runner = cli.celery_runner(None, workflow=workflow) if args.distributed else None
     stream: Any = PipeSafeStream(sys.stdout)
     listeners = make_listeners(args.output, results_file=None, stream=stream, is_tty=sys.stdout.isatty())
@@ -71,14 +72,15 @@ def run(args: argparse.Namespace, phases: dict[str, float]) -> None:
 
 
 def validate(args: argparse.Namespace, phases: dict[str, float]) -> None:
-    from devctl_dist.workflows.lint import lint_workflow
+    mark = time.perf_counter()
     from devctl_dist.workflows.loader import load_workflow
     from devctl_dist.workflows.validation import check
 
-    mark = time.perf_counter()
     workflow = load_workflow(args.file)
     phases["load"] = time.perf_counter() - mark
     mark = time.perf_counter()
+    from devctl_dist.workflows.lint import lint_workflow
+
     check(workflow)
     problems = lint_workflow(workflow, ())
     phases["plan"] = time.perf_counter() - mark  # graph checks and template lint
@@ -86,14 +88,15 @@ def validate(args: argparse.Namespace, phases: dict[str, float]) -> None:
 
 
 def dry_run(args: argparse.Namespace, phases: dict[str, float]) -> None:
-    from devctl_dist.workflows.graph_format import format_plan
+    mark = time.perf_counter()
     from devctl_dist.workflows.loader import load_workflow
     from devctl_dist.workflows.validation import check
 
-    mark = time.perf_counter()
     workflow = load_workflow(args.file)
     phases["load"] = time.perf_counter() - mark
     mark = time.perf_counter()
+    from devctl_dist.workflows.graph_format import format_plan
+
     check(workflow)
     format_plan(workflow, None, as_json=False)
     phases["plan"] = time.perf_counter() - mark

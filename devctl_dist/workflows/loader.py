@@ -21,8 +21,8 @@ from devctl_dist.core.exceptions import WorkflowLoadError, WorkflowValidationErr
 from devctl_dist.workflows.input_checks import MAX_DOCUMENT_BYTES, suggestion
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import normalize
+from devctl_dist.workflows.yaml_parse import gc_paused, parse_yaml
 from devctl_dist.workflows.yaml_parse import one_line as _one_line
-from devctl_dist.workflows.yaml_parse import parse_yaml
 
 Loc = tuple[int | str, ...]
 
@@ -59,7 +59,12 @@ def load_workflow_text(text: str, source: str) -> WorkflowSchema:
     """
     if len(text) > MAX_DOCUMENT_BYTES:
         raise WorkflowLoadError(f"file is too large (over {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB)", source)
-    root, data = parse_yaml(text, source)
+    with gc_paused():  # a big file makes ~10 objects a value: full GC passes made loading quadratic
+        root, data = parse_yaml(text, source)
+        return _validated(root, data, source)
+
+
+def _validated(root: yaml.Node | None, data: Any, source: str) -> WorkflowSchema:
     if root is None:
         raise WorkflowLoadError("file is empty (expected a mapping with 'steps')", source)
     if not isinstance(data, dict):
