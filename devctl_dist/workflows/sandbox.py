@@ -25,6 +25,7 @@ from jinja2.utils import _PassArg
 
 MAX_SIZE = 10_000_000  # characters of a string, items of a list
 MAX_INT_BITS = 100_000
+MAX_ITERATIONS = 1_000_000  # loop iterations in one render: nested loops must not pin the event loop
 
 Check = Callable[..., None]
 
@@ -154,6 +155,27 @@ class Sandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.filters = {name: _bounded_filter(name, func) for name, func in FILTERS.items()}
+        self.iterations_left = MAX_ITERATIONS
+
+    def reset_budget(self) -> None:
+        """A fresh loop budget for the next render (renders run one at a time, on the loop's thread)."""
+        self.iterations_left = MAX_ITERATIONS
+
+    def counted(self, iterable: Any) -> Any:
+        """What every ``{% for %}`` iterates: the items of ``iterable``, each one charged to the budget."""
+        for item in iterable:
+            self.iterations_left -= 1
+            if self.iterations_left < 0:
+                raise SecurityError(f"its loops ran more than {MAX_ITERATIONS:,} iterations")
+            yield item
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Parse, then route every ``for`` loop's iterable through ``counted``."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            counted = nodes.EnvironmentAttribute("counted", lineno=loop.lineno)
+            loop.iter = nodes.Call(counted, [loop.iter], [], None, None, lineno=loop.lineno)
+        return tree
 
     check_size = staticmethod(check_size)
 

@@ -170,6 +170,7 @@ class TemplateRenderer:
             return template
         compiled = self._compile(template, step)
         context = self._context(step, results, allowed)
+        self._sandbox.reset_budget()
         return _guarded(step, lambda: render_bounded(compiled.generate(context)))
 
     def judge(
