@@ -108,6 +108,19 @@ def _renderer(workflow: WorkflowSchema, variables: Mapping[str, Any]) -> Any:
     return lambda text: renderer.render(text, step="secrets")
 
 
+def _refuse_if_steps_still_run(run_id: str) -> None:
+    """A killed ``devctl run`` can leave its steps running: resuming now would run them twice at once."""
+    from devctl_dist.runners.proctree import RUN_ID_ENV, marked_pids
+
+    pids = sorted(marked_pids(RUN_ID_ENV, run_id))
+    if pids:
+        shown = " ".join(str(pid) for pid in pids[:8]) + (" ..." if len(pids) > 8 else "")
+        raise UsageError(
+            f"--resume {run_id}: {len(pids)} process(es) of that run still run (pids {shown}); "
+            "let them end or stop them (kill), then resume"
+        )
+
+
 def _resume(
     store: RunStore, file: str, hashes: dict[str, str], wanted: str, *, force: bool, distributed: bool
 ) -> tuple[str, dict[str, StepResult]]:
@@ -133,6 +146,7 @@ def _resume(
         )
     if distributed:
         return str(run["run_id"]), {}  # the workers' records in Redis decide (exactly once)
+    _refuse_if_steps_still_run(str(run["run_id"]))
     reuse = {}
     for step in store.steps(run["run_id"]):
         result = step["result"]

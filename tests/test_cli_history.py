@@ -170,3 +170,37 @@ steps:
 def test_resume_of_a_running_or_unknown_run_is_refused(tmp_path: Path, home: Path) -> None:
     missing = devctl("run", str(write(tmp_path)), "--resume", "last")
     assert missing.returncode == 2 and "no earlier run of" in missing.stderr
+
+
+def test_resume_after_a_killed_devctl_waits_for_its_leftover_steps(tmp_path: Path, home: Path) -> None:
+    """SIGKILL leaves the step running; resuming then would run it twice at once: refused until it ends."""
+    path = tmp_path / "orphan.yaml"
+    path.write_text(
+        f"""
+steps:
+  - name: slow
+    command: "!echo slow >> {tmp_path}/slow.count; while [ ! -e {tmp_path}/go ]; do sleep 0.1; done"
+"""
+    )
+    proc = subprocess.Popen([DEVCTL, "run", str(path), "-o", "plain"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while counts(tmp_path, "slow") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()  # the coordinator dies; its step (its own session) keeps running
+        proc.wait(10)
+        refused = devctl("run", str(path), "--resume", "last")
+        assert refused.returncode == 2, refused.stderr
+        assert "process(es) of that run still run" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert counts(tmp_path, "slow") == 1  # nothing started a second copy
+    finally:
+        (tmp_path / "go").touch()  # the leftover step ends by itself
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = devctl("run", str(path), "-o", "plain", "--resume", "last")
+        if done.returncode != 2:
+            break
+        time.sleep(0.2)
+    assert done.returncode == 0, done.stderr
+    assert counts(tmp_path, "slow") == 2  # it ran again only after the first copy was gone

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
 from devctl_dist.runners.process import StepProcess, ensure_child_status, spawn, step_environment
-from devctl_dist.runners.proctree import new_token
+from devctl_dist.runners.proctree import RUN_ID_ENV, new_token
 
 SHELL = "/bin/sh"
 
@@ -126,7 +126,7 @@ class LocalRunner:
             )
         started_at = time.time()
         try:
-            env = step_environment(spec.env, token)
+            env = step_environment({**spec.env, RUN_ID_ENV: spec.run_id}, token)
             proc = self._spawn(launch, env, spec, token, output)
         except (OSError, ValueError) as error:
             return _spawn_failure(launch, error, started_at)

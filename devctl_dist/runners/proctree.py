@@ -15,6 +15,7 @@ import os
 import secrets
 
 STEP_TOKEN_ENV = "DEVCTL_STEP_TOKEN"
+RUN_ID_ENV = "DEVCTL_RUN_ID"  # every local step process knows its run (and --resume finds leftovers by it)
 
 
 def new_token() -> str:
