@@ -11,7 +11,7 @@ import string
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from devctl_dist.core.exceptions import UsageError
@@ -100,6 +100,9 @@ def _redact_query(rest: str) -> str:
     return f"{head}{question}{query}{hashmark}{fragment}"
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 class Settings(BaseSettings):
     """Broker, result backend, limits and grace periods for distributed mode."""
 
@@ -137,6 +140,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='per-queue Celery rate limit for workers serving the queue, e.g. {"api": "10/s"}',
     )
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _redis_only(cls, value: str | None) -> str | None:
+        """Reports, leases and the output stream live in Redis: another broker cannot carry a run."""
+        if value is not None and value.split("://", 1)[0].lower() not in _REDIS_SCHEMES:
+            shown = redact_url(value)
+            raise ValueError(f"must be a Redis URL (redis://, rediss:// or unix://), got {shown!r}")
+        return value
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:

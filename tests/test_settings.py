@@ -86,3 +86,21 @@ def test_validation_errors_never_show_the_url() -> None:
     with pytest.raises(ValueError) as caught:
         Settings(broker_url="redis://:s3cret@redis:6379/0", visibility_timeout=600, task_time_limit=600)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:pw@127.0.0.1:5672//", "garbage", "http://h/"])
+def test_a_broker_that_is_not_redis_is_one_line_exit_2(url: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    devctl = str(Path(sys.executable).with_name("devctl"))
+    examples = Path(__file__).resolve().parents[1] / "examples" / "dag.yaml"
+    proc = subprocess.run(
+        [devctl, "run", str(examples), "--distributed", "--broker", url],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "must be a Redis URL" in lines[0], proc.stderr
+    assert "pw" not in proc.stderr  # the password is never printed
