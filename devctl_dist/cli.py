@@ -222,6 +222,8 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     variables = parse_vars(options.variables)
     if options.broker and not options.distributed:
         raise UsageError("--broker only applies with --distributed")
+    if options.force and not options.resume:
+        raise UsageError("--force only applies with --resume")
     workflow, warnings = load_checked(options.file)
     for warning in warnings:
         click.echo(f"devctl: warning: {warning}", err=True)

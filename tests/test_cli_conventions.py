@@ -320,3 +320,10 @@ def _first_to_start(tmp_path: Path, names: tuple[str, ...], timeout: float = 60)
             return started[0]
         time.sleep(0.05)
     raise AssertionError(f"no step started within {timeout}s")
+
+
+def test_force_without_resume_is_a_usage_error(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "dag.yaml"
+    proc = subprocess.run([DEVCTL, "run", str(example), "--force"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "devctl: error: --force only applies with --resume"
