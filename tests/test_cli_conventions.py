@@ -324,6 +324,8 @@ def _first_to_start(tmp_path: Path, names: tuple[str, ...], timeout: float = 60)
 
 def test_force_without_resume_is_a_usage_error(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "dag.yaml"
-    proc = subprocess.run([DEVCTL, "run", str(example), "--force"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [DEVCTL, "run", str(example), "--force"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "devctl: error: --force only applies with --resume"
