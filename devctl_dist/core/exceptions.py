@@ -59,10 +59,11 @@ class DependencyCycleError(GraphError):
 class MissingDependencyError(GraphError):
     """A step names a dependency that no step has."""
 
-    def __init__(self, step: str, missing: str) -> None:
+    def __init__(self, step: str, missing: str, hint: str | None = None) -> None:
         self.step = step
         self.missing = missing
-        super().__init__(f"step '{step}' depends on unknown step '{missing}'")
+        message = f"step '{step}' depends on unknown step '{missing}'"
+        super().__init__(f"{message} ({hint})" if hint else message)
 
 
 class DuplicateStepError(GraphError):

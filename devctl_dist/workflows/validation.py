@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from devctl_dist.core.exceptions import DuplicateStepError
+from devctl_dist.core.exceptions import DuplicateStepError, MissingDependencyError
 from devctl_dist.runners.commands import available_commands, split_command
 from devctl_dist.workflows.graph import DependencyGraph
 from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
@@ -87,14 +87,36 @@ def _validate(workflow: WorkflowSchema) -> tuple[DependencyGraph, list[str]]:
         if name in seen:
             raise DuplicateStepError(name)
         seen.add(name)
-    graph = DependencyGraph(workflow.steps)
-    graph.validate()
+    enclosing = {
+        inner.display_name: step.display_name
+        for step in iter_steps(workflow, hooks=True)
+        if step.parallel is not None
+        for inner in step.parallel.steps
+    }
+    graph = _scoped_graph(workflow.steps, enclosing, None)
     for step in iter_steps(workflow, hooks=True):
         if step.parallel is not None:
-            DependencyGraph(step.parallel.steps).validate()
+            _scoped_graph(step.parallel.steps, enclosing, step.display_name)
     for hooks in (workflow.on_success, workflow.on_failure):
-        DependencyGraph(hooks).validate()
+        _scoped_graph(hooks, enclosing, "hooks")
     return graph, _command_warnings(workflow)
+
+
+def _scoped_graph(
+    steps: Sequence[WorkflowStepSchema], enclosing: dict[str, str], scope: str | None
+) -> DependencyGraph:
+    """A validated graph of one scope; a dependency on a step of another scope says where it is."""
+    try:
+        graph = DependencyGraph(steps)
+        graph.validate()
+    except MissingDependencyError as error:
+        owner = enclosing.get(error.missing)
+        if owner is None and scope is None:
+            raise
+        where = f"it is a step of block '{owner}'" if owner else "it is not a step of this block"
+        rule = "steps depend only on steps of the same block or list; depend on the block instead"
+        raise MissingDependencyError(error.step, error.missing, f"{where}; {rule}") from None
+    return graph
 
 
 def _command_warnings(workflow: WorkflowSchema) -> list[str]:

@@ -135,3 +135,27 @@ def test_fail_fast_cancels_steps_inside_a_running_block_node(make_runner: Factor
     assert [b.status for b in result.blocks if b.name == "blk"] == [StepStatus.CANCELLED]
     assert wait_gone([read_pid(tmp_path / f"in{i}.pid") for i in (0, 1)]) == []
     assert result.duration < 30
+
+
+def test_a_dependency_across_scopes_says_where_the_step_is() -> None:
+    """Inside a block, steps depend on siblings only: naming a top-level step says so, not 'unknown'."""
+    import pytest
+
+    from devctl_dist.core.exceptions import MissingDependencyError
+    from devctl_dist.workflows.loader import load_workflow_text
+    from devctl_dist.workflows.validation import check
+
+    text = """
+steps:
+  - {name: a, command: "!true"}
+  - name: blk
+    parallel:
+      steps:
+        - {name: x, command: "!true", depends_on: [a]}
+"""
+    with pytest.raises(MissingDependencyError, match=r"it is not a step of this block; .*depend on the block"):
+        check(load_workflow_text(text, "w.yaml"))
+    later = '  - {name: c, command: "!true", depends_on: [x]}\n'
+    outer = text.replace("depends_on: [a]", "depends_on: []") + later
+    with pytest.raises(MissingDependencyError, match="it is a step of block 'blk'"):
+        check(load_workflow_text(outer, "w.yaml"))
