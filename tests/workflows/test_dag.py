@@ -153,7 +153,7 @@ steps:
       steps:
         - {name: x, command: "!true", depends_on: [a]}
 """
-    with pytest.raises(MissingDependencyError, match=r"it is not a step of this block; .*depend on the block"):
+    with pytest.raises(MissingDependencyError, match=r"not a step of this block; .*depend on the block"):
         check(load_workflow_text(text, "w.yaml"))
     later = '  - {name: c, command: "!true", depends_on: [x]}\n'
     outer = text.replace("depends_on: [a]", "depends_on: []") + later
