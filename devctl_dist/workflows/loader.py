@@ -235,13 +235,27 @@ def _describe(value: Any) -> str:
 
 
 def locate_step(path: str | Path, name: str, occurrence: int = 0) -> int | None:
-    """Line of the ``occurrence``-th step called ``name`` (-1: the last), for errors found after loading."""
+    """Line of the ``occurrence``-th step called ``name`` (-1: the last), for errors found after loading.
+
+    Walks the YAML node tree, so block style (``- name: x``) and flow style
+    (``- {name: x, ...}``) are found alike.
+    """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
-    pattern = re.compile(r"^\s*(-\s*)?name:\s*([\"']?)" + re.escape(name) + r"\2\s*(#.*)?$")
-    found = [number for number, line in enumerate(lines, start=1) if pattern.match(line)]
+    found: list[int] = []
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if getattr(key, "value", None) == "name" and getattr(value, "value", None) == name:
+                    found.append(key.start_mark.line + 1)
+            stack.extend(value for _, value in reversed(node.value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
     if not found:
         return None
+    found.sort()
     return found[occurrence] if -len(found) <= occurrence < len(found) else found[-1]

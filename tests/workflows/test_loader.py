@@ -375,3 +375,21 @@ def test_unnamed_parallel_blocks_get_distinct_names() -> None:
     block = "  - parallel: {steps: [{name: %s, command: '!true'}]}\n"
     workflow = load_workflow_text("steps:\n" + block % "a" + block % "b", "w.yaml")
     assert [step.display_name for step in workflow.steps] == ["parallel-1", "parallel-2"]
+
+
+def test_locate_step_finds_flow_style_steps_too(tmp_path: Path) -> None:
+    """Errors found after loading (cycles, duplicates) point at the step, however it is written."""
+    from devctl_dist.workflows.loader import locate_step
+
+    path = tmp_path / "flow.yaml"
+    path.write_text(
+        "steps:\n"
+        '  - {name: a, command: "!true"}\n'
+        "  - name: blk\n"
+        "    parallel:\n"
+        '      steps: [{name: x, command: "!true"}, {name: a, command: "!true"}]\n'
+    )
+    assert locate_step(path, "a") == 2
+    assert locate_step(path, "a", occurrence=-1) == 5
+    assert locate_step(path, "blk") == 3
+    assert locate_step(path, "missing") is None
