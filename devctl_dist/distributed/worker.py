@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from devctl_dist.core.exceptions import UsageError
+from devctl_dist.core.exceptions import DevctlError, UsageError
 from devctl_dist.settings import Settings, load_settings, redact_url
 
 if TYPE_CHECKING:
@@ -132,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hostname", default=None, help="default: devctl-<pid>@%%h")
     args = parser.parse_args(argv)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    return run_worker(queues or None, args.concurrency, args.broker, args.loglevel, args.hostname)
+    try:
+        return run_worker(queues or None, args.concurrency, args.broker, args.loglevel, args.hostname)
+    except DevctlError as error:  # bad settings: one line, like ``devctl worker``
+        print(f"devctl worker: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -75,11 +75,28 @@ def test_sigterm_is_a_warm_shutdown(worker_factory: WorkerFactory, redis_url: st
 
 def test_a_worker_that_cannot_start_exits_nonzero(tmp_path: Path) -> None:
     """An "Unrecoverable error" at start is exit 1, not 0 (Celery's worker_main drops the code)."""
-    env = dict(os.environ, DEVCTL_RESULT_BACKEND="nosuch://backend", DEVCTL_HOME=str(tmp_path))
-    command = [sys.executable, "-m", "devctl_dist.distributed.worker", "--broker", "redis://127.0.0.1:1/0"]
+    env = dict(os.environ, DEVCTL_HOME=str(tmp_path))
+    command = [
+        sys.executable,
+        "-m",
+        "devctl_dist.distributed.worker",
+        "--broker",
+        "redis://127.0.0.1:1/notadb",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert "Unrecoverable error" in done.stderr, done.stderr[-2000:]
     assert done.returncode == 1, done.stderr[-2000:]
+
+
+def test_a_worker_with_invalid_settings_says_so_in_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ, DEVCTL_RESULT_BACKEND="nosuch://backend", DEVCTL_HOME=str(tmp_path))
+    command = [sys.executable, "-m", "devctl_dist.distributed.worker", "--broker", "redis://127.0.0.1:1/0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "devctl worker: error: invalid settings: DEVCTL_RESULT_BACKEND: Value error, "
+        "must be a Redis URL (redis://, rediss:// or unix://), got 'nosuch://backend'"
+    ]
 
 
 def _free_port() -> int:
