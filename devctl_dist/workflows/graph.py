@@ -10,14 +10,13 @@ plans it (see ``bench/bench_graph.py`` for both paths).
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from functools import cached_property
 from graphlib import CycleError, TopologicalSorter
 from typing import NamedTuple, Protocol
 
 from devctl_dist.core.exceptions import DependencyCycleError, DuplicateStepError, MissingDependencyError
+from devctl_dist.core.gc_pause import gc_paused
 
 
 class GraphNode(Protocol):
@@ -37,16 +36,6 @@ class SimpleNode(NamedTuple):
     depends_on: Sequence[str] = ()
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Building 100k-node structures triggers full GC passes that cost more than the work."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class DependencyGraph:
@@ -58,7 +47,7 @@ class DependencyGraph:
     def __init__(self, steps: Iterable[GraphNode]) -> None:
         """Raise for a duplicate name or an unknown dependency at once; cycles wait for ``validate``."""
         self.steps: dict[str, GraphNode] = {}
-        with _gc_paused():
+        with gc_paused():
             for node in steps:
                 name = node.display_name
                 if name in self.steps:
@@ -70,20 +59,20 @@ class DependencyGraph:
     @classmethod
     def from_mapping(cls, deps: Mapping[str, Iterable[str]]) -> DependencyGraph:
         """Build a graph from ``{step: [dependencies]}``; key order is declaration order."""
-        with _gc_paused():
+        with gc_paused():
             nodes = [SimpleNode(name, tuple(names)) for name, names in deps.items()]
         return cls(nodes)
 
     @cached_property
     def dependencies(self) -> dict[str, set[str]]:
         """Direct dependencies of each step (names as written, even unknown ones)."""
-        with _gc_paused():
+        with gc_paused():
             return {name: set(node.depends_on) for name, node in self.steps.items()}
 
     @cached_property
     def dependents(self) -> dict[str, set[str]]:
         """Steps that directly depend on each step (what a finished step may unlock)."""
-        with _gc_paused():
+        with gc_paused():
             users: dict[str, set[str]] = {name: set() for name in self.steps}
             for name, node in self.steps.items():
                 for dep in node.depends_on:
@@ -110,7 +99,7 @@ class DependencyGraph:
     def prepared_sorter(self) -> TopologicalSorter[str]:
         """A fresh, validated, prepared sorter for a scheduler to drive with get_ready()/done()."""
         self._check_missing()
-        with _gc_paused():
+        with gc_paused():
             sorter: TopologicalSorter[str] = TopologicalSorter()
             for name, node in self.steps.items():
                 sorter.add(name, *node.depends_on)
@@ -161,7 +150,7 @@ class DependencyGraph:
         """Validate and layer once; cached because validate() and topological_sort() both need it."""
         if self._layers is None:
             self._check_missing()
-            with _gc_paused():
+            with gc_paused():
                 layers = self._layers_if_declared_in_order()
             self._layers = layers if layers is not None else self._layers_from_sorter()
         return self._layers
@@ -195,7 +184,7 @@ class DependencyGraph:
         sorter = self.prepared_sorter()
         position = self._position.__getitem__
         layers: list[list[str]] = []
-        with _gc_paused():
+        with gc_paused():
             ready = sorted(sorter.get_ready(), key=position)
             while ready:
                 layers.append(ready)
@@ -271,7 +260,7 @@ class Frontier:
     """
 
     def __init__(self, deps: Mapping[str, Iterable[str]]) -> None:
-        with _gc_paused():
+        with gc_paused():
             self._index = {name: i for i, name in enumerate(deps)}
             self._waiting = {name: len(set(names)) for name, names in deps.items()}
             self._dependents: dict[str, list[str]] = {name: [] for name in deps}

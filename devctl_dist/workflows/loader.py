@@ -18,11 +18,12 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from devctl_dist.core.exceptions import WorkflowLoadError, WorkflowValidationError
+from devctl_dist.core.gc_pause import gc_paused
 from devctl_dist.workflows.input_checks import MAX_DOCUMENT_BYTES, suggestion
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import normalize
-from devctl_dist.workflows.yaml_parse import gc_paused, parse_yaml
 from devctl_dist.workflows.yaml_parse import one_line as _one_line
+from devctl_dist.workflows.yaml_parse import parse_yaml
 
 Loc = tuple[int | str, ...]
 

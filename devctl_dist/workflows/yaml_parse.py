@@ -9,10 +9,7 @@ bad file gets exactly the message it always got.
 
 from __future__ import annotations
 
-import gc
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import yaml
@@ -131,16 +128,6 @@ class _FastStrictLoader(Composer, SafeConstructor, Resolver):
         self._parser.dispose()
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic GC while a document's objects are made: they all survive it anyway."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _deliverable(value: str) -> bool:
