@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -43,6 +44,11 @@ def _printable_name(value: str | None) -> str | None:
 
 Name = Annotated[str, AfterValidator(_printable_name)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+# An environment (values stringified, names checked) and a mapping JSON can carry to a worker.
+EnvMap = Annotated[
+    dict[str, str], BeforeValidator(lambda v: _stringify_env(v)), AfterValidator(lambda v: check_env(v))
+]
+JsonMap = Annotated[dict[str, Any], AfterValidator(lambda v: json_value(v))]
 
 
 class StrictModel(BaseModel):
@@ -73,13 +79,13 @@ class WorkflowStepSchema(StrictModel):
     name: Name | None = None
     description: str | None = None
     command: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonMap = Field(default_factory=dict)
     condition: str | None = None
     timeout: Seconds | None = None
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     retry_delay: float = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
     on_failure: StepFailureMode = "fail"
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     queue: Name | None = None
     parallel: ParallelBlockSchema | None = None
     depends_on: list[Name] = Field(default_factory=list)
@@ -90,26 +96,10 @@ class WorkflowStepSchema(StrictModel):
     def _marked_secrets(cls, data: Any) -> Any:
         return unwrap_secrets(data, ("env", "params"))
 
-    @field_validator("params", mode="after")
-    @classmethod
-    def _json_params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = json_value(value)
-        return checked
-
-    @field_validator("env", mode="after")
-    @classmethod
-    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_env(value)
-
     @field_validator("depends_on", mode="before")
     @classmethod
     def _single_dependency(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env_to_str(cls, value: Any) -> Any:
-        return _stringify_env(value)
 
     @field_validator("condition", mode="before")
     @classmethod
@@ -149,8 +139,8 @@ class WorkflowSchema(StrictModel):
     name: str = "workflow"
     description: str | None = None
     version: str | None = None
-    vars: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
+    vars: JsonMap = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     parallel: ParallelConfigSchema = Field(default_factory=ParallelConfigSchema)
     steps: list[WorkflowStepSchema] = Field(min_length=1)
     on_success: list[WorkflowStepSchema] = Field(default_factory=list)
@@ -167,22 +157,6 @@ class WorkflowSchema(StrictModel):
     @classmethod
     def _version_to_str(cls, value: Any) -> Any:
         return None if value is None else str(value)
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env_to_str(cls, value: Any) -> Any:
-        return _stringify_env(value)
-
-    @field_validator("env", mode="after")
-    @classmethod
-    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_env(value)
-
-    @field_validator("vars", mode="after")
-    @classmethod
-    def _json_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = json_value(value)
-        return checked
 
     @property
     def is_dag(self) -> bool:
