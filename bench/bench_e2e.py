@@ -12,7 +12,8 @@ the live table is timed on a pseudo-terminal. Distributed rows: ``devctl run
 of plain_celery.py with one plain 2-process Celery worker.
 Redis for the distributed rows: DEVCTL_BENCH_REDIS_URL (default redis://127.0.0.1:6379/6).
 
-Run: python bench/bench_e2e.py [--repeat 3] [--quick] [--no-distributed] [--dist-steps 1000]
+Run: python bench/bench_e2e.py [--repeat 3] [--quick] [--no-distributed] [--dist-steps N]
+(without --quick or --dist-steps, the distributed rows are 1,000 and 10,000 steps)
 """
 
 from __future__ import annotations
@@ -178,20 +179,23 @@ def scale_rows(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
-def dist_rows(tmp: Path, steps: int, queue: str, env: dict[str, str]) -> list[Row]:
-    flow = block_file(tmp / f"dist{steps}.yaml", steps, 8)
-    return [
-        Row(
-            f"run {steps:,} true --distributed",
-            [*devctl_cmd(), "run", str(flow), "--distributed", "--output", "plain"],
-            [PY, str(BENCH / "plain_celery.py"), str(steps), f"{queue}-plain"],
-            "plain Celery group",
-            "1.0x",
-            ["run", str(flow), "--distributed", "--output", "plain"],
-            env=env,
-            warmup=True,
+def dist_rows(tmp: Path, sizes: Sequence[int], queue: str, env: dict[str, str]) -> list[Row]:
+    rows = []
+    for steps in sizes:
+        flow = block_file(tmp / f"dist{steps}.yaml", steps, 8)
+        rows.append(
+            Row(
+                f"run {steps:,} true --distributed",
+                [*devctl_cmd(), "run", str(flow), "--distributed", "--output", "plain"],
+                [PY, str(BENCH / "plain_celery.py"), str(steps), f"{queue}-plain"],
+                "plain Celery group",
+                "1.0x",
+                ["run", str(flow), "--distributed", "--output", "plain"],
+                env=env,
+                warmup=True,
+            )
         )
-    ]
+    return rows
 
 
 def in_process_plan(repeat: int) -> Row:
@@ -241,14 +245,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             measure(row, args.repeat)
         if not args.no_distributed:
             with workers() as (queue, env):
-                dist = dist_rows(tmp, args.dist_steps, queue, env)
+                sizes = [args.dist_steps] if args.quick or args.dist_steps != 1000 else [1000, 10_000]
+                dist = dist_rows(tmp, sizes, queue, env)
                 for row in dist:
                     measure(row, max(2, args.repeat - 1))
                 rows += dist
     rows.append(in_process_plan(args.repeat))
     print(f"end to end, best of {args.repeat}; breakdown in seconds (start-up = importing the CLI)")
     print_table(rows)
+    print_output_cost(rows)
     return 0
+
+
+def print_output_cost(rows: list[Row]) -> None:
+    """The issue's output target: live table and plain lines cost <= 10 % over --quiet at 1,000 steps."""
+    by_label = {row.label: row for row in rows}
+    quiet = next((row for row in rows if row.label.startswith("run 1,000 true, --")), None)
+    if quiet is None:
+        return
+    for label in ("run 1,000 true, table (pty)", "run 1,000 true, plain"):
+        row = by_label.get(label)
+        if row is not None:
+            ratio = row.ours / quiet.ours
+            verdict = "ok" if ratio <= 1.10 else "MISSED"
+            kind = label.removeprefix("run 1,000 true, ")
+            print(f"output cost: {kind} vs --quiet {ratio:.2f}x (target 1.10x) {verdict}")
 
 
 def _quiet_flag() -> list[str]:
