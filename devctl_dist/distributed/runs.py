@@ -11,6 +11,7 @@ earlier coordinator never touch them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -41,19 +42,33 @@ class RunLiveness:
         self.expires = expires
         self.generations: dict[str, int] = {}
         self.renewed_at = time.monotonic()
+        self._joining: dict[str, asyncio.Lock] = {}
 
     async def join(self, run_id: str) -> int:
-        """This coordinator's generation of ``run_id`` (taken on first use, then made live)."""
+        """This coordinator's generation of ``run_id`` (taken on first use, then made live).
+
+        Once per run even when the scheduler starts several steps at once: concurrent
+        first calls would each take a generation, and all but the last would be refused.
+        """
         known = self.generations.get(run_id)
         if known is not None:
             return known
+        lock = self._joining.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            known = self.generations.get(run_id)
+            if known is not None:
+                return known
+            return await self._take(run_id)
+
+    async def _take(self, run_id: str) -> int:
         pipe = self.client.pipeline(transaction=True)
         pipe.incr(generation_key(run_id))
         pipe.expire(generation_key(run_id), self.expires)
-        generation, _ = await pipe.execute()
-        self.generations[run_id] = int(generation)
-        await self.client.set(live_key(run_id), int(generation), ex=self.ttl)
-        return int(generation)
+        raw, _ = await pipe.execute()
+        generation = int(raw)
+        await self.client.set(live_key(run_id), generation, ex=self.ttl)
+        self.generations[run_id] = generation  # known only once live: its tasks may start
+        return generation
 
     def task_id(self, spec: StepSpec) -> str:
         return task_id_for(spec.run_id, spec.name, spec.attempt, self.generations.get(spec.run_id, 1))
