@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 from devctl_dist.core.reporting import OutputListener, run_outcome
 from devctl_dist.core.results import RunResult, StepResult
-from devctl_dist.history.paths import step_log_path
+from devctl_dist.history.paths import run_log_dir, safe_name
 from devctl_dist.history.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,17 @@ class StepLogs:
 
     def __init__(self, root: Path, run_id: str) -> None:
         self.root, self.run_id = root, run_id
+        self.dir = str(run_log_dir(root, run_id))  # computed once: a 10,000-step run asks per step
         self.files: dict[str, IO[str]] = {}
         self.broken: set[str] = set()
 
     def path(self, name: str) -> Path:
-        return step_log_path(self.root, self.run_id, name)
+        """Where ``name``'s log goes (``paths.step_log_path``)."""
+        return Path(self.location(name))
+
+    def location(self, name: str) -> str:
+        """``path`` as text, without building a ``Path`` (the recorder stores text)."""
+        return f"{self.dir}{os.sep}{safe_name(name)}.log"
 
     def write(self, name: str, line: str) -> None:
         handle = self.files.get(name)
@@ -137,7 +144,7 @@ class HistoryRecorder(OutputListener):
         if self.logs is not None:
             self.logs.close(result.name)
             if not result.reused:
-                fields["log"] = str(self.logs.path(result.name))
+                fields["log"] = self.logs.location(result.name)
         self._update(result.name, fields)
 
     def run_finished(self, result: RunResult) -> None:

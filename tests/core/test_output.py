@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -182,6 +183,14 @@ def test_json_listener_prints_only_the_result_document() -> None:
     document = json.loads(stream.getvalue())
     assert document == json.loads(json.dumps(result.to_dict()))
     assert document["steps"][0]["status"] == "failed"
+
+
+def test_step_result_to_dict_has_every_field_with_the_status_as_text() -> None:
+    result = step("deploy", StepStatus.FAILED, error="exit code 2", stdout="out", worker="w1", block="b")
+    expected = dataclasses.asdict(result)
+    expected["status"] = "failed"
+    assert result.to_dict() == expected
+    assert list(result.to_dict()) == [f.name for f in dataclasses.fields(StepResult)]
 
 
 def test_results_file_listener_writes_partial_results_of_an_interrupted_run(tmp_path: Path) -> None:

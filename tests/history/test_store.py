@@ -85,3 +85,13 @@ def _dead_pid() -> int:
     proc.join()
     assert proc.pid is not None
     return proc.pid
+
+
+def test_step_logs_location_is_the_documented_log_path(tmp_path: Path) -> None:
+    from devctl_dist.history.paths import step_log_path
+    from devctl_dist.history.recorder import StepLogs
+
+    logs = StepLogs(tmp_path, "deploy-1/x")
+    for name in ("build", "a/b c", "ünï", "." * 90):
+        assert logs.location(name) == str(step_log_path(tmp_path, "deploy-1/x", name))
+        assert logs.path(name) == step_log_path(tmp_path, "deploy-1/x", name)
