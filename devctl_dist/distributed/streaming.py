@@ -77,8 +77,16 @@ class OutputPusher:
         self.cond = threading.Condition()
         self.closing = False
         self.waiting_allowed = True
+        self.thread: threading.Thread | None = None  # started by the first line: most steps print none
+
+    @property
+    def started(self) -> bool:
+        """Whether any line was queued (so a thread pushes, and ``close`` has something to wait for)."""
+        return self.thread is not None
+
+    def _start(self) -> None:
         self.thread = threading.Thread(
-            target=self._push_forever, name=f"devctl-output-{task_id}", daemon=True
+            target=self._push_forever, name=f"devctl-output-{self.task_id}", daemon=True
         )
         self.thread.start()
 
@@ -96,6 +104,8 @@ class OutputPusher:
         if self.file is not None:
             self.file.write(line + "\n")
         with self.cond:
+            if self.thread is None:
+                self._start()
             if self.queued + len(line) > QUEUE_BYTES and not self._wait_for_room(len(line)):
                 self.dropped += 1
                 return
@@ -124,7 +134,7 @@ class OutputPusher:
         with self.cond:
             self.closing = True
             self.cond.notify()
-        if timeout > 0:
+        if timeout > 0 and self.thread is not None:
             self.thread.join(timeout)
         if self.file is not None and not self.file.closed:
             with contextlib.suppress(OSError):

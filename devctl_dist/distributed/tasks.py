@@ -168,7 +168,8 @@ async def _run_guarded(
     pusher = OutputPusher(state.client, spec, task_id)  # lines to the coordinator, and to the worker's log
     try:
         outcome = await runner.run(spec, output=pusher)
-        await asyncio.to_thread(pusher.close)  # its last lines are in Redis before the outcome is
+        if pusher.started:  # its last lines are in Redis before the outcome is
+            await asyncio.to_thread(pusher.close)
         outcome.streamed = pusher.seq
         return outcome
     finally:
