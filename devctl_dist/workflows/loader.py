@@ -4,6 +4,8 @@ Every error names the file and line, and the step when it is inside one:
 ``deploy.yaml:14: step 'Deploy API': unknown key 'comand'``. Lines come from the
 YAML node tree (yaml_parse.py), which is walked in parallel with pydantic's
 error location; no traceback or multi-line pydantic message reaches the user.
+A valid file never needs that tree, so it is composed only when there is an
+error to place (``_root``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from devctl_dist.core.gc_pause import gc_paused
 from devctl_dist.workflows.input_checks import MAX_DOCUMENT_BYTES, suggestion
 from devctl_dist.workflows.schema import WorkflowSchema
 from devctl_dist.workflows.validation import normalize
+from devctl_dist.workflows.yaml_parse import load_yaml, parse_yaml
 from devctl_dist.workflows.yaml_parse import one_line as _one_line
-from devctl_dist.workflows.yaml_parse import parse_yaml
 
 Loc = tuple[int | str, ...]
 
@@ -61,22 +63,29 @@ def load_workflow_text(text: str, source: str) -> WorkflowSchema:
     if len(text) > MAX_DOCUMENT_BYTES:
         raise WorkflowLoadError(f"file is too large (over {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB)", source)
     with gc_paused():  # a big file makes ~10 objects a value: full GC passes made loading quadratic
-        root, data = parse_yaml(text, source)
-        return _validated(root, data, source)
+        found, data = load_yaml(text, source)
+        return _validated(found, data, text, source)
 
 
-def _validated(root: yaml.Node | None, data: Any, source: str) -> WorkflowSchema:
-    if root is None:
+def _validated(found: bool, data: Any, text: str, source: str) -> WorkflowSchema:
+    if not found:
         raise WorkflowLoadError("file is empty (expected a mapping with 'steps')", source)
     if not isinstance(data, dict):
-        line = root.start_mark.line + 1
+        line = _root(text, source).start_mark.line + 1
         message = f"top level must be a mapping with 'steps' (got {_describe(data)})"
         raise WorkflowValidationError(message, source, line)
     try:
         workflow = WorkflowSchema.model_validate(data)
     except ValidationError as error:
-        raise _first_error(error, root, data, source) from None
+        raise _first_error(error, _root(text, source), data, source) from None
     return normalize(workflow)
+
+
+def _root(text: str, source: str) -> yaml.Node:
+    """The node tree of a document ``load_yaml`` read: only an error needs its lines."""
+    root, _ = parse_yaml(text, source)
+    assert root is not None  # load_yaml found a document in the same text
+    return root
 
 
 def _first_error(error: ValidationError, root: yaml.Node, data: Any, source: str) -> WorkflowValidationError:

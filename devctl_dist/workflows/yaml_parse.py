@@ -5,6 +5,12 @@ the same checks (no duplicate keys, bounded nesting): the fast one composes
 libyaml's events (about 13x faster on a 10,000-step file); the pure-Python one
 runs only when the fast one found anything wrong, or libyaml is missing, so a
 bad file gets exactly the message it always got.
+
+Faster still, ``load_yaml`` builds the data straight from libyaml's events, with no
+node tree at all: lines are only needed to report an error, so the loader composes
+the tree (``parse_yaml``) only then. Whatever that builder is unsure of (explicit
+tags, merge keys, non-string or repeated keys, undefined or recursive aliases,
+the size and depth bounds) sends the file down the node path, which decides.
 """
 
 from __future__ import annotations
@@ -15,6 +21,16 @@ from typing import Any
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.reader import Reader
 from yaml.resolver import Resolver
 
@@ -128,8 +144,6 @@ class _FastStrictLoader(Composer, SafeConstructor, Resolver):
         self._parser.dispose()
 
 
-
-
 def _deliverable(value: str) -> bool:
     """What ``check_nodes`` asks of a scalar: no NUL, no lone surrogate."""
     return "\0" not in value and (value.isascii() or _encodes(value))
@@ -141,6 +155,141 @@ def _encodes(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def load_yaml(text: str, source: str) -> tuple[bool, Any]:
+    """(whether the file has a document, its data): ``parse_yaml``'s data, without the tree."""
+    if CParser is not None and not _LIBYAML_DIFFERS.search(text) and not Reader.NON_PRINTABLE.search(text):
+        try:
+            return _EventBuilder(text).document()
+        except Exception:  # any doubt: the node path decides, and words the error
+            pass
+    root, data = parse_yaml(text, source)
+    return root is not None, data
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_SCALAR_TAGS = {  # the scalars SafeConstructor makes from implicit tags, string aside
+    f"tag:yaml.org,2002:{kind}": SafeConstructor.yaml_constructors[f"tag:yaml.org,2002:{kind}"]
+    for kind in ("null", "bool", "int", "float", "timestamp")
+}
+_OPEN = object()  # an anchor whose collection is still being built: a recursive alias
+
+
+class _EventBuilder:
+    """Python data from libyaml's events, as SafeConstructor would make it from the tree.
+
+    Each collection is a frame ``[container, pending key, anchor, count at start]``;
+    values are counted as ``check_nodes`` counts them (an alias counts its anchor's size).
+    """
+
+    def __init__(self, text: str) -> None:
+        self._parser = CParser(text)
+        self._escapes = "\\" in text  # only escapes make NULs and lone surrogates
+        self._resolve: Any = Resolver().resolve  # the composer's own tag resolution
+        self._constructor = SafeConstructor()
+        self._tags: dict[tuple[str, Any], str] = {}  # (plain value, implicit) -> resolved tag
+        self._anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, values it expands to)
+        self._count = 0
+
+    def document(self) -> tuple[bool, Any]:
+        try:
+            get_event = self._parser.get_event
+            get_event()  # stream start
+            if isinstance(get_event(), StreamEndEvent):
+                return False, None
+            data = self._node()
+            if not isinstance(get_event(), DocumentEndEvent) or not isinstance(get_event(), StreamEndEvent):
+                raise _NotFast  # a second document: the composer words that error
+            if self._count > MAX_NODES:
+                raise _NotFast
+            return True, data
+        finally:
+            self._parser.dispose()
+
+    def _node(self) -> Any:
+        """The next node, collections built iteratively (no recursion, depth bounded)."""
+        get_event = self._parser.get_event
+        stack: list[list[Any]] = []
+        while True:
+            event = get_event()
+            kind = type(event)
+            if kind is ScalarEvent:
+                value = self._scalar(event)
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                self._open(event, stack)
+                continue
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                value = self._close(stack.pop())
+            elif kind is AliasEvent:
+                value = self._alias(event.anchor)
+            else:
+                raise _NotFast
+            if not stack:
+                return value
+            frame = stack[-1]
+            container = frame[0]
+            if type(container) is list:
+                container.append(value)
+            elif frame[1] is _OPEN:
+                if kind is not ScalarEvent or type(value) is not str or value in container:
+                    raise _NotFast  # keys: new strings only (duplicates get the node path's message)
+                frame[1] = value
+            else:
+                container[frame[1]] = value
+                frame[1] = _OPEN
+
+    def _scalar(self, event: Any) -> Any:
+        self._count += 1
+        value: str = event.value
+        if self._escapes and not _deliverable(value):
+            raise _NotFast
+        tag = event.tag
+        if tag is None or tag == "!":
+            key = (value, event.implicit)
+            tag = self._tags.get(key)
+            if tag is None:
+                tag = self._tags[key] = self._resolve(yaml.ScalarNode, value, event.implicit)
+        if tag == _STR_TAG:
+            result: Any = value
+        elif tag in _SCALAR_TAGS:
+            result = _SCALAR_TAGS[tag](self._constructor, yaml.ScalarNode(tag, value))
+        else:
+            raise _NotFast
+        if event.anchor is not None:
+            self._anchor(event.anchor, result, 1)
+        return result
+
+    def _open(self, event: Any, stack: list[list[Any]]) -> None:
+        if (event.tag is not None and event.tag != "!") or len(stack) >= MAX_DEPTH - 2:
+            raise _NotFast
+        self._count += 1
+        container: Any = {} if type(event) is MappingStartEvent else []
+        if event.anchor is not None:
+            self._anchor(event.anchor, _OPEN, 0)
+        stack.append([container, _OPEN, event.anchor, self._count - 1])
+
+    def _close(self, frame: list[Any]) -> Any:
+        container, pending, anchor, before = frame
+        if pending is not _OPEN:
+            raise _NotFast  # a key without a value: cannot come from a parser, but be sure
+        if anchor is not None:
+            self._anchors[anchor] = (container, self._count - before)
+        return container
+
+    def _anchor(self, anchor: str, value: Any, size: int) -> None:
+        if anchor in self._anchors:
+            raise _NotFast  # a duplicate anchor: the composer's error
+        self._anchors[anchor] = (value, size)
+
+    def _alias(self, anchor: str) -> Any:
+        value, size = self._anchors.get(anchor, (_OPEN, 0))
+        if value is _OPEN:
+            raise _NotFast  # undefined or recursive
+        self._count += size
+        if self._count > MAX_NODES:
+            raise _NotFast
+        return value
 
 
 def parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
