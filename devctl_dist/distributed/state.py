@@ -90,6 +90,22 @@ def decode_outcome(raw: bytes | str) -> StepOutcome:
     return StepOutcome.from_dict(data)
 
 
+# KEYS: cancel, lease, outcome[, live]; ARGV: new lease, its TTL, generation ("" = none),
+# the lease expected now ("" = none). Sets the lease only when nothing refuses; replies
+# {claimed, cancel flag, lease found, outcome exists, live generation}.
+CLAIM_SCRIPT = """
+local cancel = redis.call('GET', KEYS[1])
+local lease = redis.call('GET', KEYS[2])
+local finished = redis.call('EXISTS', KEYS[3])
+local live = false
+if #KEYS > 3 then live = redis.call('GET', KEYS[4]) end
+local ok = finished == 0 and not cancel and (lease or '') == ARGV[4]
+if ok and ARGV[3] ~= '' then ok = live and tonumber(live) == tonumber(ARGV[3]) end
+if ok then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
+return {ok and 1 or 0, cancel, lease, finished, live}
+"""
+
+
 @dataclass(frozen=True)
 class BeginResult:
     """What a worker learned when it claimed a task.
@@ -119,48 +135,38 @@ class WorkerState:
         self.lease_seconds = lease_seconds
         self.expires = expires
         self.cancel_ttl = cancel_ttl
+        self._claim = client.register_script(CLAIM_SCRIPT)
 
     def begin(
         self, task_id: str, worker: str, run_id: str | None = None, generation: int | None = None
     ) -> BeginResult:
         """Claim the task: check the cancel flag, the run's live generation and any earlier lease.
 
-        Optimistic (WATCH): a coordinator that sets the cancel flag or a new generation
-        between the check and the lease makes the claim start over. So either the
-        coordinator sees the lease (the step started), or the worker sees the flag or
-        the new generation (and the step never starts).
+        One atomic script (one round trip): a coordinator that sets the cancel flag or a
+        new generation either does so before the claim (the worker sees it, the step
+        never starts) or after it (the coordinator sees the lease: the step started).
+        An earlier lease is replaced only if it is still the one judged here.
         """
-        watched = [cancel_key(task_id), lease_key(task_id), outcome_key(task_id)]
+        keys = [cancel_key(task_id), lease_key(task_id), outcome_key(task_id)]
         if run_id is not None and generation is not None:
-            watched.append(live_key(run_id))
-        with self.client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    return self._claim(pipe, watched, task_id, worker, generation)
-                except redis.WatchError:
-                    continue
-
-    def _claim(
-        self, pipe: Any, watched: list[str], task_id: str, worker: str, generation: int | None
-    ) -> BeginResult:
-        pipe.watch(*watched)
-        values = [pipe.get(key) for key in watched]
-        cancelled, raw_earlier, finished = values[:3]
-        earlier = Lease.decode(raw_earlier) if raw_earlier is not None else None
-        refused = "cancelled before start" if cancelled is not None else None
-        if refused is None and generation is not None:
-            refused = _generation_refusal(values[3], generation)
-        already = finished is not None or (earlier is not None and _still_running_here(earlier, worker))
-        if already:  # a re-delivered message: the step ran or runs; its report stands
-            pipe.unwatch()
-            return BeginResult(earlier=earlier, duplicate=True)
-        if refused is not None:
-            pipe.unwatch()
-            return BeginResult(refused=refused, earlier=earlier)
-        pipe.multi()
-        pipe.set(lease_key(task_id), Lease(worker, time.time(), os.getpid()).encode(), ex=self.lease_seconds)
-        pipe.execute()
-        return BeginResult(earlier=earlier)
+            keys.append(live_key(run_id))
+        expected = b""
+        while True:
+            lease = Lease(worker, time.time(), os.getpid()).encode()
+            gen = str(generation) if len(keys) > 3 else ""
+            reply = self._claim(keys=keys, args=[lease, self.lease_seconds, gen, expected])
+            claimed, cancelled, raw_earlier, finished, raw_live = reply
+            earlier = Lease.decode(raw_earlier) if raw_earlier is not None else None
+            if claimed:
+                return BeginResult(earlier=earlier)
+            if finished or (earlier is not None and _still_running_here(earlier, worker)):
+                return BeginResult(earlier=earlier, duplicate=True)  # a re-delivered message
+            refused = "cancelled before start" if cancelled is not None else None
+            if refused is None and generation is not None:
+                refused = _generation_refusal(raw_live, generation)
+            if refused is not None:
+                return BeginResult(refused=refused, earlier=earlier)
+            expected = _raw(raw_earlier)  # a lease of a lost attempt: take it over, if it is still that one
 
     def renew(self, task_id: str, worker: str, started_at: float) -> None:
         """Re-set the lease while the step runs; re-creates it after a Redis restart wiped it."""
@@ -184,6 +190,12 @@ class WorkerState:
 
     def is_cancelled(self, task_id: str) -> bool:
         return bool(self.client.exists(cancel_key(task_id)))
+
+
+def _raw(value: bytes | str | None) -> bytes:
+    if value is None:
+        return b""
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _generation_refusal(raw_live: bytes | None, generation: int) -> str | None:

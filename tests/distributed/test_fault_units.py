@@ -1,52 +1,72 @@
-"""Unit tests of the fault-handling pieces on fakeredis: claims under generations, resume
-decisions, the environment scrub, signatures and the kombu patch guard."""
+"""Unit tests of the fault-handling pieces: claims under generations (on the test Redis, they
+are a Lua script), resume decisions (fakeredis), the environment scrub, signatures and the
+kombu patch guard."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import uuid
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
+import redis
 
 from devctl_dist.distributed import kombu_patch, signing
 from devctl_dist.distributed.resume import earlier_attempt
 from devctl_dist.distributed.runs import RunLiveness, task_id_for
-from devctl_dist.distributed.state import Lease, WorkerState, encode_outcome, lease_key, live_key, outcome_key
+from devctl_dist.distributed.state import (
+    Lease,
+    WorkerState,
+    encode_outcome,
+    generation_key,
+    lease_key,
+    live_key,
+    outcome_key,
+)
 from devctl_dist.distributed.worker_env import scrub
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.settings import Settings
 
 
 @pytest.fixture
-def state() -> WorkerState:
-    return WorkerState(fakeredis.FakeRedis(), lease_seconds=15, expires=600, cancel_ttl=3600)
+def run() -> str:
+    """A run id of this test alone (sessions may share the test DB)."""
+    return f"r-{uuid.uuid4().hex[:8]}"
 
 
-def test_a_task_of_a_run_that_is_over_never_starts(state: WorkerState) -> None:
-    claim = state.begin("r:a:1", "w@h", "r", 1)
+@pytest.fixture
+def state(redis_url: str) -> Iterator[WorkerState]:
+    client = redis.Redis.from_url(redis_url)
+    yield WorkerState(client, lease_seconds=15, expires=600, cancel_ttl=3600)
+    client.close()
+
+
+def test_a_task_of_a_run_that_is_over_never_starts(run: str, state: WorkerState) -> None:
+    claim = state.begin(f"{run}:a:1", "w@h", run, 1)
     assert claim.refused == "not started: the run is over (its coordinator finished or is gone)"
-    assert state.client.get(lease_key("r:a:1")) is None
+    assert state.client.get(lease_key(f"{run}:a:1")) is None
 
 
-def test_a_task_of_a_superseded_generation_never_starts(state: WorkerState) -> None:
-    state.client.set(live_key("r"), 2)
-    assert state.begin("r:a:1", "w@h", "r", 1).refused == (
+def test_a_task_of_a_superseded_generation_never_starts(run: str, state: WorkerState) -> None:
+    state.client.set(live_key(run), 2)
+    assert state.begin(f"{run}:a:1", "w@h", run, 1).refused == (
         "not started: the run was resumed (generation 2 replaces 1)"
     )
-    assert state.begin("r:a:1~g2", "w@h", "r", 2).refused is None
+    assert state.begin(f"{run}:a:1~g2", "w@h", run, 2).refused is None
 
 
-def test_a_redelivered_finished_task_is_a_duplicate(state: WorkerState) -> None:
-    state.client.set(outcome_key("r:a:1"), encode_outcome(StepOutcome(exit_code=0)))
-    assert state.begin("r:a:1", "w@h").duplicate
+def test_a_redelivered_finished_task_is_a_duplicate(run: str, state: WorkerState) -> None:
+    state.client.set(outcome_key(f"{run}:a:1"), encode_outcome(StepOutcome(exit_code=0)))
+    assert state.begin(f"{run}:a:1", "w@h").duplicate
 
 
-def test_a_task_still_running_in_a_live_pool_process_is_a_duplicate(state: WorkerState) -> None:
+def test_a_task_still_running_in_a_live_pool_process_is_a_duplicate(run: str, state: WorkerState) -> None:
     parent = os.getppid()  # alive, and not this process
-    state.client.set(lease_key("r:a:1"), Lease("w@h", 1.0, parent).encode())
-    assert state.begin("r:a:1", "w@h").duplicate
-    assert not state.begin("r:b:1", "w@h").duplicate
+    state.client.set(lease_key(f"{run}:a:1"), Lease("w@h", 1.0, parent).encode())
+    assert state.begin(f"{run}:a:1", "w@h").duplicate
+    assert not state.begin(f"{run}:b:1", "w@h").duplicate
 
 
 def test_lease_decodes_old_and_new_forms() -> None:
@@ -98,6 +118,19 @@ def test_generations_and_live_marker() -> None:
         assert await client.get(live_key("r")) == b"2"
         await second.finish()
         assert await client.get(live_key("r")) is None
+
+    asyncio.run(scenario())
+
+
+def test_steps_starting_together_share_one_generation() -> None:
+    """The scheduler starts up to max_concurrent steps at once: one generation, live before any send."""
+
+    async def scenario() -> None:
+        client = fakeredis.aioredis.FakeRedis()
+        liveness = RunLiveness(client, 15, 600)
+        assert await asyncio.gather(*(liveness.join("r") for _ in range(8))) == [1] * 8
+        assert await client.get(generation_key("r")) == b"1"
+        assert await client.get(live_key("r")) == b"1"
 
     asyncio.run(scenario())
 

@@ -1,9 +1,12 @@
-"""The worker's side of the report keys, on fakeredis (our own Redis code, no Celery)."""
+"""The worker's side of the report keys, on the test Redis (our own Redis code and Lua, no Celery)."""
 
 from __future__ import annotations
 
-import fakeredis
+import uuid
+from collections.abc import Iterator
+
 import pytest
+import redis
 
 from devctl_dist.distributed.state import (
     Lease,
@@ -18,52 +21,60 @@ from devctl_dist.runners.base import StepOutcome
 
 
 @pytest.fixture
-def client() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture
-def state(client: fakeredis.FakeRedis) -> WorkerState:
+def run() -> str:
+    """A run id of this test alone (sessions may share the test DB)."""
+    return f"r-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def state(client: redis.Redis) -> WorkerState:
     return WorkerState(client, lease_seconds=15, expires=600, cancel_ttl=3600)
 
 
-def test_begin_takes_a_lease(state: WorkerState, client: fakeredis.FakeRedis) -> None:
-    claim = state.begin("r:a:1", "w1@host")
+def test_begin_takes_a_lease(run: str, state: WorkerState, client: redis.Redis) -> None:
+    claim = state.begin(f"{run}:a:1", "w1@host")
     assert not claim.cancelled and not claim.ran_before
-    raw = client.get(lease_key("r:a:1"))
+    raw = client.get(lease_key(f"{run}:a:1"))
     assert raw is not None
     assert Lease.decode(raw).worker == "w1@host"
-    assert 0 < client.ttl(lease_key("r:a:1")) <= 15
+    assert 0 < client.ttl(lease_key(f"{run}:a:1")) <= 15
 
 
-def test_second_begin_knows_the_task_ran_before(state: WorkerState) -> None:
-    state.begin("r:a:1", "w1@host")
-    assert state.begin("r:a:1", "w2@host").ran_before
+def test_second_begin_knows_the_task_ran_before(run: str, state: WorkerState) -> None:
+    state.begin(f"{run}:a:1", "w1@host")
+    assert state.begin(f"{run}:a:1", "w2@host").ran_before
 
 
-def test_cancel_flag_wins_and_drops_the_lease(state: WorkerState, client: fakeredis.FakeRedis) -> None:
-    client.set(cancel_key("r:a:1"), "1")
-    assert state.begin("r:a:1", "w1@host").cancelled
-    assert client.get(lease_key("r:a:1")) is None
+def test_cancel_flag_wins_and_drops_the_lease(run: str, state: WorkerState, client: redis.Redis) -> None:
+    client.set(cancel_key(f"{run}:a:1"), "1")
+    assert state.begin(f"{run}:a:1", "w1@host").cancelled
+    assert client.get(lease_key(f"{run}:a:1")) is None
 
 
-def test_finish_publishes_outcome_then_report(state: WorkerState, client: fakeredis.FakeRedis) -> None:
-    state.begin("r:a:1", "w1@host")
-    assert state.finish("r:a:1", "r", StepOutcome(exit_code=0, stdout="ok\n", worker="w1@host"))
-    assert client.lrange(done_key("r"), 0, -1) == [b"r:a:1"]
-    raw = client.get(outcome_key("r:a:1"))
+def test_finish_publishes_outcome_then_report(run: str, state: WorkerState, client: redis.Redis) -> None:
+    state.begin(f"{run}:a:1", "w1@host")
+    assert state.finish(f"{run}:a:1", run, StepOutcome(exit_code=0, stdout="ok\n", worker="w1@host"))
+    assert client.lrange(done_key(run), 0, -1) == [f"{run}:a:1".encode()]
+    raw = client.get(outcome_key(f"{run}:a:1"))
     assert raw is not None
     assert decode_outcome(raw) == StepOutcome(exit_code=0, stdout="ok\n", worker="w1@host")
-    assert client.get(lease_key("r:a:1")) is None
-    assert 0 < client.ttl(done_key("r")) <= 600
-    assert 0 < client.ttl(outcome_key("r:a:1")) <= 600
+    assert client.get(lease_key(f"{run}:a:1")) is None
+    assert 0 < client.ttl(done_key(run)) <= 600
+    assert 0 < client.ttl(outcome_key(f"{run}:a:1")) <= 600
 
 
-def test_first_report_wins(state: WorkerState, client: fakeredis.FakeRedis) -> None:
-    assert state.finish("r:a:1", "r", StepOutcome(exit_code=-15, error="cancelled: task revoked"))
-    assert not state.finish("r:a:1", "r", StepOutcome(exit_code=0))
-    assert client.llen(done_key("r")) == 2  # a duplicate report; the reader ignores it
-    raw = client.get(outcome_key("r:a:1"))
+def test_first_report_wins(run: str, state: WorkerState, client: redis.Redis) -> None:
+    assert state.finish(f"{run}:a:1", run, StepOutcome(exit_code=-15, error="cancelled: task revoked"))
+    assert not state.finish(f"{run}:a:1", run, StepOutcome(exit_code=0))
+    assert client.llen(done_key(run)) == 2  # a duplicate report; the reader ignores it
+    raw = client.get(outcome_key(f"{run}:a:1"))
     assert raw is not None and decode_outcome(raw).exit_code == -15
 
 
