@@ -14,6 +14,13 @@ pool and uses it when the transport has already dropped it, so the restore
 either works or fails with an ordinary ``ConnectionError`` that Celery's
 reconnect loop handles. It is applied only in worker processes (``celeryd_init``),
 only to the kombu versions it was checked against, and is idempotent.
+
+A second patch (``reuse_clients``, workers and the coordinator) is for speed: kombu
+builds a new ``redis.Redis`` for every publish, event and ack (``conn_or_acquire``),
+and redis-py 8's constructor costs about 50 us (it builds its response-callback
+table), about five times per step on a worker. The patch keeps one client per
+channel and connection pool: clients are thread-safe, each command still takes a
+connection from the channel's pool, and a new pool (after a reconnect) gets a new client.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 CHECKED_KOMBU = ((5, 3), (5, 7))  # inclusive range of (major, minor) this patch was read against
 _MARK = "_devctl_patched"
 _SAVED = "_devctl_conninfo"
+_REUSE_MARK = "_devctl_reuses_clients"
+_CLIENT = "_devctl_client"
 
 
 @dataclass
@@ -64,6 +73,35 @@ def apply() -> bool:
     channel_cls.close = _closing(channel_cls.close)
     setattr(channel_cls, _MARK, True)
     return True
+
+
+def reuse_clients() -> bool:
+    """Patch ``Channel._create_client`` to reuse one synchronous client per pool; idempotent."""
+    from kombu.transport import redis as kombu_redis
+
+    channel_cls: Any = kombu_redis.Channel
+    if getattr(channel_cls, _REUSE_MARK, False):
+        return True
+    if not applies_to(kombu_version()) or not hasattr(channel_cls, "_create_client"):
+        return False
+    channel_cls._create_client = _reusing(channel_cls._create_client)
+    setattr(channel_cls, _REUSE_MARK, True)
+    return True
+
+
+def _reusing(original: Any) -> Any:
+    def _create_client(self: Any, asynchronous: bool = False) -> Any:
+        if asynchronous:  # the consumer's own connection (BRPOP, LISTEN): as kombu made it
+            return original(self, asynchronous=True)
+        pool = self.pool
+        cached = self.__dict__.get(_CLIENT)
+        if cached is not None and cached[0] is pool:
+            return cached[1]
+        client = original(self, asynchronous=False)
+        self.__dict__[_CLIENT] = (pool, client)
+        return client
+
+    return _create_client
 
 
 def _remembering(original: Any) -> Any:

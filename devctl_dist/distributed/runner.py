@@ -27,7 +27,7 @@ from redis.exceptions import AuthenticationError, RedisError
 
 from devctl_dist.core.exceptions import BrokerUnavailableError
 from devctl_dist.core.secrets import Masker
-from devctl_dist.distributed import limits, signing
+from devctl_dist.distributed import kombu_patch, limits, signing
 from devctl_dist.distributed.app import TASK_NAME, create_app
 from devctl_dist.distributed.registry import served_queues, unserved
 from devctl_dist.distributed.reports import Pending, ReportListener
@@ -87,6 +87,7 @@ class CeleryRunner:
             raise BrokerUnavailableError(f"distributed mode needs a Redis broker, got {self.broker}")
         self._client = _redis_client(self.settings)
         await self._check_broker(self._client)
+        kombu_patch.reuse_clients()  # no new Redis client per send
         self._app = create_app(self.settings)
         self.workers = await self._call(self._ping_workers)
         if not self.workers:

@@ -231,6 +231,7 @@ def _remember_worker_name(sender: str, instance: Any = None, **_: Any) -> None:
     """At worker start (main process, before the pool forks): name, kombu patch, clean environment."""
     _worker_name[:] = [str(sender)]
     kombu_patch.apply()  # a broker blip must not kill the worker (see kombu_patch)
+    kombu_patch.reuse_clients()  # no new Redis client per event and ack
     app = getattr(instance, "app", None)
     settings = settings_of(app) if app is not None else None
     if settings is not None:
