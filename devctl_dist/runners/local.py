@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
-from devctl_dist.runners.process import StepProcess, ensure_child_status, spawn, step_environment
+from devctl_dist.runners.process import StepProcess, ensure_child_status
 from devctl_dist.runners.proctree import RUN_ID_ENV, new_token
+from devctl_dist.runners.spawn import SpawnJob, Started, spawn, step_environment, submit
 
 SHELL = "/bin/sh"
 
@@ -94,6 +95,8 @@ class LocalRunner:
         self.kill_grace = kill_grace
         self.drain_timeout = drain_timeout
         self._running: dict[int, StepProcess] = {}
+        self._kills = 0  # kill_all calls so far: a step whose spawn was in flight during one is killed too
+        self._kill_signal: int = signal.SIGKILL
 
     async def start(self) -> None:
         """Nothing to acquire (processes are spawned per step); make exit codes observable."""
@@ -109,6 +112,8 @@ class LocalRunner:
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole tree of every running step; synchronous, safe in a signal handler."""
+        self._kills += 1
+        self._kill_signal = sig
         for proc in list(self._running.values()):
             proc.cancelled = True
             proc.signal_tree(sig)
@@ -125,12 +130,16 @@ class LocalRunner:
                 exit_code=None, stderr=message + "\n", started_at=now, ended_at=now, error=message
             )
         started_at = time.time()
+        kills = self._kills
         try:
             env = step_environment({**spec.env, RUN_ID_ENV: spec.run_id}, token)
-            proc = self._spawn(launch, env, spec, token, output)
+            started = await self._spawn(launch, env, spec, token, output)
         except (OSError, ValueError) as error:
             return _spawn_failure(launch, error, started_at)
-        self._running[proc.pid] = proc
+        proc = self._process(started, spec, token, output)
+        if self._kills != kills:  # kill_all ran while this step was being spawned
+            proc.cancelled = True
+            proc.signal_tree(self._kill_signal)
         try:
             await self._supervise(proc, spec.timeout)
         finally:
@@ -146,27 +155,60 @@ class LocalRunner:
             error=proc.error,
         )
 
-    def _spawn(
+    async def _spawn(
         self,
         launch: Launch,
         env: Mapping[bytes, bytes],
         spec: StepSpec,
         token: str,
         output: OutputSink | None,
-    ) -> StepProcess:
+    ) -> Started:
+        """Start the step's process (off the loop's thread when possible); a cancel kills what it started."""
         executable = None
         word = launch.direct_word
         if word is not None and "/" not in word and "PATH" in spec.env:
             executable = shutil.which(word, path=spec.env["PATH"])
             if executable is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), word)
+        job = submit(launch.argv, env, executable)
         try:
-            pid, out_fd, err_fd = spawn(launch.argv, env, executable)
+            return await job.future
+        except asyncio.CancelledError:
+            await self._stop_spawned(job, spec, token, output)
+            raise
         except OSError as error:
             if word is None or error.errno != errno.ENOEXEC:
                 raise
             # A script without a #! line: sh runs such files itself.
-            pid, out_fd, err_fd = spawn([SHELL, "-c", spec.command], env)
+            return spawn([SHELL, "-c", spec.command], env)
+
+    async def _stop_spawned(
+        self, job: SpawnJob, spec: StepSpec, token: str, output: OutputSink | None
+    ) -> None:
+        """Cancelled while its spawn was in flight: once it returns, stop the step like any cancelled one."""
+        again = False
+        while not job.settled:
+            try:
+                await job.wait_settled()
+            except asyncio.CancelledError:
+                again = True
+        if job.result is None:
+            return
+        proc = self._process(job.result, spec, token, output)
+        try:
+            if again:
+                proc.kill_now()
+            else:
+                await self._abort(proc)
+        finally:
+            self._running.pop(proc.pid, None)
+            proc.close()
+
+    def _process(
+        self, started: Started, spec: StepSpec, token: str, output: OutputSink | None
+    ) -> StepProcess:
+        """Watch a spawned step: exit, output, and its place in ``running_pgids``/``kill_all``."""
+        pid, out_fd, err_fd = started
         on_line = None
         if output is not None:
             name, sink = spec.name, output.step_output
@@ -174,7 +216,9 @@ class LocalRunner:
             def on_line(stream: str, line: str) -> None:
                 sink(name, stream, line)
 
-        return StepProcess(pid, out_fd, err_fd, spec.output_limit, self.drain_timeout, token, on_line)
+        proc = StepProcess(pid, out_fd, err_fd, spec.output_limit, self.drain_timeout, token, on_line)
+        self._running[pid] = proc
+        return proc
 
     async def _supervise(self, proc: StepProcess, timeout: float | None) -> None:
         """Wait for the step; on cancellation kill its group, reap it, re-raise."""

@@ -2,8 +2,8 @@
 
 Why not ``asyncio.create_subprocess_exec``: on Python 3.11 its default child
 watcher starts a thread per child and its transports cost more than the step
-itself for short commands. Here a step is ``posix_spawn`` (vfork + exec, as
-make does) into a new session, its exit is a pidfd readable in the event loop,
+itself for short commands. Here a step is ``posix_spawn``ed (``spawn.py``)
+into a new session, its exit is a pidfd readable in the event loop,
 and its pipes are read into bounded buffers: at exit for short steps, by
 ``add_reader`` callbacks for longer ones.
 
@@ -25,10 +25,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from devctl_dist.runners.base import MAX_LINE
 from devctl_dist.runners.proctree import STEP_TOKEN_ENV, group_exists, group_has_live_members, signal_marked
+from devctl_dist.runners.spawn import close_all
 
 READ_SIZE = 65536
 TAIL_BYTES = 64 * 1024  # the end of a long output is kept too: it usually says why a step failed
@@ -37,24 +38,6 @@ TAIL_BYTES = 64 * 1024  # the end of a long output is kept too: it usually says 
 # first and their output is read in one go at exit, saving four epoll
 # registrations per step. A chattier step waits at most this long on a full pipe.
 READER_DELAY = 0.01
-
-# Python ignores SIGPIPE and SIGXFSZ, and a Celery pool child may ignore more:
-# ignored dispositions survive exec, so each step starts with the defaults.
-_RESET_SIGNALS = (
-    signal.SIGPIPE,
-    signal.SIGXFSZ,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGCHLD,
-    signal.SIGTSTP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
 
 
 class OutputCapture:
@@ -117,83 +100,6 @@ class OutputCapture:
             else:
                 text += tail
         return text
-
-
-def spawn(argv: list[str], env: Mapping[bytes, bytes], executable: str | None = None) -> tuple[int, int, int]:
-    """Start ``argv`` in a new session with stdin /dev/null and piped stdout/stderr.
-
-    Returns (pid, stdout read fd, stderr read fd). Without ``executable`` a
-    bare program name is searched on this process's PATH. Raises ``OSError``
-    (``FileNotFoundError``, ``PermissionError`` ...) when the program cannot
-    be started; no descriptor leaks then.
-    """
-    out_r, out_w = os.pipe()
-    try:
-        err_r, err_w = os.pipe()
-    except OSError:
-        _close_all(out_r, out_w)
-        raise
-    try:
-        pid = _posix_spawn(argv, env, executable, out_w, err_w)
-    except BaseException:
-        _close_all(out_r, out_w, err_r, err_w)
-        raise
-    _close_all(out_w, err_w)
-    os.set_blocking(out_r, False)
-    os.set_blocking(err_r, False)
-    return pid, out_r, err_r
-
-
-def _posix_spawn(
-    argv: list[str], env: Mapping[bytes, bytes], executable: str | None, out_w: int, err_w: int
-) -> int:
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out_w, 1),
-        (os.POSIX_SPAWN_DUP2, err_w, 2),
-    ]
-    if executable is None and "/" not in argv[0]:
-        return os.posix_spawnp(
-            argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=_RESET_SIGNALS, setsigmask=()
-        )
-    return os.posix_spawn(
-        executable or argv[0],
-        argv,
-        env,
-        file_actions=actions,
-        setsid=True,
-        setsigdef=_RESET_SIGNALS,
-        setsigmask=(),
-    )
-
-
-def _close_all(*fds: int) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def step_environment(overrides: Mapping[str, str], token: str | None = None) -> Mapping[bytes, bytes]:
-    """``os.environ`` merged with ``overrides`` (and the step's marker), as the bytes mapping exec needs.
-
-    Iterating ``os.environ`` decodes every entry in Python (about 50 us per
-    step); its underlying bytes dict is read at C speed when available.
-    Raises ``ValueError`` for a name exec cannot carry (empty, ``=``, NUL) or a NUL in a value.
-    """
-    base: Mapping[bytes, bytes] = getattr(os.environ, "_data", None) or os.environb
-    if not overrides and token is None:
-        return base
-    merged = dict(base)
-    for key, value in overrides.items():
-        name = os.fsencode(key)
-        if not name or b"=" in name or b"\0" in name:
-            raise ValueError(f"invalid environment variable name {key!r}")
-        if "\0" in value:
-            raise ValueError(f"environment variable {key!r} contains a NUL character")
-        merged[name] = os.fsencode(value)
-    if token is not None:
-        merged[STEP_TOKEN_ENV.encode()] = token.encode()
-    return merged
 
 
 class StepProcess:
@@ -317,7 +223,7 @@ class StepProcess:
             self._loop.add_reader(self._pidfd, self._on_exit)
         except (AttributeError, OSError, NotImplementedError):
             if self._pidfd is not None:
-                _close_all(self._pidfd)
+                close_all(self._pidfd)
                 self._pidfd = None
             threading.Thread(target=self._wait_in_thread, name=f"devctl-wait-{self.pid}", daemon=True).start()
 
@@ -333,7 +239,7 @@ class StepProcess:
             return
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
-            _close_all(self._pidfd)
+            close_all(self._pidfd)
             self._pidfd = None
         self.ended_at = time.time()
         self.signal_group(signal.SIGKILL)  # the leader is at least a zombie: pgid still ours
@@ -401,7 +307,7 @@ class StepProcess:
             capture.end()
             if self._readers_on:
                 self._loop.remove_reader(fd)
-            _close_all(fd)
+            close_all(fd)
 
     def _close_streams(self) -> None:
         for fd in list(self._streams):

@@ -1,0 +1,137 @@
+"""Spawning off the loop's thread: the child is the same as ``os.posix_spawn``'s, and a step whose
+spawn is still in flight is stopped by a cancel or ``kill_all`` like any running step."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from devctl_dist.runners.base import StepSpec
+from devctl_dist.runners.local import LocalRunner
+from devctl_dist.runners.proctree import RUN_ID_ENV, marked_pids
+from devctl_dist.runners.spawn import RESET_SIGNALS, close_all, spawn, step_environment, submit
+
+# Read by the spawned program itself (through a shell, /proc/$$ races with the shell's own forks).
+PROBE = ["grep", "-E", "^(Pid|NSsid|SigBlk|SigIgn):", "/proc/self/status"]
+STDIN = ["readlink", "/proc/self/fd/0"]
+
+
+def read_all(fd: int) -> bytes:
+    os.set_blocking(fd, True)
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    return data
+
+
+def finish(started: tuple[int, int, int]) -> tuple[int, bytes]:
+    pid, out_fd, err_fd = started
+    output = read_all(out_fd)
+    close_all(out_fd, err_fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+def probe(started: tuple[int, int, int]) -> list[str]:
+    """What PROBE saw, once it is checked to be a session leader."""
+    code, output = finish(started)
+    assert code == 0
+    fields = dict(line.split(":\t") for line in output.decode().splitlines())
+    assert fields.pop("Pid") == fields.pop("NSsid")
+    return [fields["SigBlk"], fields["SigIgn"]]
+
+
+def test_threaded_spawn_gives_the_child_what_os_posix_spawn_gives() -> None:
+    """New session, stdin /dev/null, nothing blocked, nothing ignored: on both paths."""
+    env = step_environment({}, None)
+
+    async def threaded(argv: list[str]) -> tuple[int, int, int]:
+        return await submit(argv, env).future
+
+    blocked, ignored = probe(asyncio.run(threaded(PROBE)))
+    assert [blocked, ignored] == probe(spawn(PROBE, env))
+    assert blocked == "0" * 16
+    assert int(ignored, 16) & sum(1 << (sig - 1) for sig in RESET_SIGNALS) == 0
+    assert finish(asyncio.run(threaded(STDIN))) == finish(spawn(STDIN, env)) == (0, b"/dev/null\n")
+
+
+def test_spawn_errors_are_those_of_os_posix_spawn(tmp_path: Path) -> None:
+    env = step_environment({}, None)
+
+    async def threaded(argv: list[str]) -> BaseException:
+        with pytest.raises((OSError, ValueError)) as caught:
+            await submit(argv, env).future
+        return caught.value
+
+    for argv in (["no-such-program-devctl"], [str(tmp_path)], [str(tmp_path / "missing")], ["tr\0ue"]):
+        with pytest.raises((OSError, ValueError)) as direct:
+            spawn(argv, env)
+        error = asyncio.run(threaded(argv))
+        assert type(error) is type(direct.value)
+        assert getattr(error, "errno", None) == getattr(direct.value, "errno", None)
+        assert str(error).split(":")[0] == str(direct.value).split(":")[0]
+
+
+def _leftovers(run_id: str) -> list[int]:
+    return marked_pids(RUN_ID_ENV, run_id)
+
+
+def test_a_step_cancelled_while_its_spawn_is_in_flight_is_stopped_before_the_cancel_returns() -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+
+    async def scenario() -> None:
+        runner = LocalRunner(kill_grace=1.0)
+        for index in range(20):
+            run_id = f"spawn-cancel-{os.getpid()}-{index}"
+            task = asyncio.create_task(runner.run(StepSpec(run_id=run_id, name="s", command="sleep 30")))
+            await asyncio.sleep(0)  # the step has handed its spawn to a spawning thread
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _leftovers(run_id) == []
+            assert runner.running_pgids() == []
+
+    asyncio.run(scenario())
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_kill_all_during_a_spawn_kills_the_step_it_was_starting() -> None:
+    async def scenario() -> list[int | None]:
+        runner = LocalRunner()
+        codes: list[int | None] = []
+        for index in range(10):
+            spec = StepSpec(run_id=f"spawn-kill-{os.getpid()}-{index}", name="s", command="sleep 30")
+            task = asyncio.create_task(runner.run(spec))
+            await asyncio.sleep(0)
+            runner.kill_all()
+            codes.append((await asyncio.wait_for(task, 10)).exit_code)
+        return codes
+
+    assert asyncio.run(scenario()) == [-9] * 10
+
+
+def _child_runs_a_step(queue: multiprocessing.Queue[object]) -> None:
+    async def one() -> object:
+        return (await LocalRunner().run(StepSpec(run_id="forked", name="s", command="echo forked"))).stdout
+
+    queue.put(asyncio.run(one()))
+
+
+def test_a_forked_child_spawns_with_its_own_threads() -> None:
+    """Celery's prefork pool forks after the parent may have spawned: the child starts its own threads."""
+
+    async def warm() -> None:
+        await LocalRunner().run(StepSpec(run_id="warm", name="s", command="true"))
+
+    asyncio.run(warm())
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[object] = context.Queue()
+    child = context.Process(target=_child_runs_a_step, args=(queue,))
+    child.start()
+    assert queue.get(timeout=20) == "forked\n"
+    child.join(10)
+    assert child.exitcode == 0
