@@ -37,7 +37,9 @@ MAX_CONCURRENT = 100_000
 
 def _printable_name(value: str | None) -> str | None:
     """Names appear in tables, logs and task ids: no control characters (terminal escapes)."""
-    if value is not None and any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+    if value is None or value.isprintable():  # printable: no C* character at all (the common case, fast)
+        return value
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
         raise ValueError(f"{value!r} contains a control character")
     return value
 
@@ -174,10 +176,10 @@ def unwrap_secrets(data: Any, sections: tuple[str, ...]) -> Any:
     if not isinstance(data, dict):
         return data
     marked: list[str] = []
-    changed = dict(data)
+    changed: dict[str, Any] = {}  # copied only when a value is marked: this runs for every step
     for section in sections:
         entries = data.get(section)
-        if not isinstance(entries, dict):
+        if not isinstance(entries, dict) or not any(isinstance(value, dict) for value in entries.values()):
             continue
         unwrapped = dict(entries)
         for key, value in entries.items():
@@ -187,9 +189,8 @@ def unwrap_secrets(data: Any, sections: tuple[str, ...]) -> Any:
         changed[section] = unwrapped
     if not marked:
         return data
-    existing = changed.get("secrets")
-    changed["secrets"] = [*(existing if isinstance(existing, list) else []), *marked]
-    return changed
+    existing = data.get("secrets")
+    return {**data, **changed, "secrets": [*(existing if isinstance(existing, list) else []), *marked]}
 
 
 def _stringify_env(value: Any) -> Any:
