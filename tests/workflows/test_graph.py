@@ -58,6 +58,31 @@ def test_both_planning_paths_agree_on_a_random_graph() -> None:
     assert all(layer == sorted(layer, key=position.__getitem__) for layer in shuffled)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_batch_layers_are_graphlibs_and_a_cycle_is_still_named(seed: int) -> None:
+    """Out-of-order files are layered without graphlib; graphlib's batches are the reference."""
+    rng = random.Random(seed)
+    size = rng.randrange(2, 60)
+    acyclic = seed % 2 == 0  # dependencies on earlier steps only, before the shuffle
+    deps = {
+        f"s{i}": [f"s{rng.randrange(i if acyclic else size)}" for _ in range(rng.randrange(3) if i else 0)]
+        for i in range(size)
+    }
+    names = list(deps)
+    rng.shuffle(names)
+    shuffled = {name: deps[name] for name in names}
+    reference = DependencyGraph.from_mapping(shuffled)
+    try:
+        expected: object = reference._layers_from_sorter()
+    except DependencyCycleError as error:
+        expected = str(error)
+    try:
+        got: object = DependencyGraph.from_mapping(shuffled).topological_sort()
+    except DependencyCycleError as error:
+        got = str(error)
+    assert got == expected
+
+
 def test_get_ready_steps_follows_completion() -> None:
     graph = DependencyGraph.from_mapping(SEED_DAG)
     assert graph.get_ready_steps(set()) == ["checkout"]
