@@ -7,8 +7,12 @@ A reader that leaves early (``devctl ... | head -1``) ends the command quietly.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ class CliState:
     """Per-invocation state shared by the group and its commands (``ctx.obj``)."""
 
     debug: bool = False
+    quick_exit: bool = False  # the command started nothing: ``main`` may skip the interpreter's teardown
 
     def enable_debug(self) -> None:
         self.debug = True
@@ -47,8 +52,8 @@ class DevctlGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        state = CliState()
-        extra.setdefault("obj", state)
+        obj = extra.setdefault("obj", CliState())
+        state = obj if isinstance(obj, CliState) else CliState()
         code = _invoke_reporting_errors(
             lambda: super(DevctlGroup, self).main(
                 args, prog_name or "devctl", complete_var, standalone_mode=False, **extra
@@ -110,3 +115,20 @@ def report(exc: BaseException, state: CliState, line: str) -> None:
     if state.debug:
         traceback.print_exception(exc, file=sys.stderr)
     click.echo(line, err=True)
+
+
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown, when nothing else runs.
+
+    Teardown frees every object one by one and runs a last full GC: 0.5 s after a
+    100,000-step dry run, for nothing. What exit would do that matters still
+    happens: the atexit handlers (logging's flush among them) and flushed streams.
+    Returns, for a normal exit, if another thread is alive.
+    """
+    if threading.active_count() > 1:
+        return
+    atexit._run_exitfuncs()
+    flush_stdout()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(code)

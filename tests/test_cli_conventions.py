@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from devctl_dist.cli import cli
 from devctl_dist.cli_support import expand_paths, typed_value
 from tests.distributed.cluster import SESSION, RedisServer, WorkerFactory
 from tests.evidence import pid_alive, wait_for_pids, wait_gone
@@ -329,3 +331,35 @@ def test_force_without_resume_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "devctl: error: --force only applies with --resume"
+
+
+# ---------------------------------------------------------------- a command that starts nothing ends at once
+
+
+def test_check_commands_skip_teardown_but_lose_no_output(tmp_path: Path) -> None:
+    """validate, graph and run --dry-run end with os._exit: every line still arrives, codes hold."""
+    steps = [
+        {"name": f"s{i}", "command": "!true", "depends_on": [f"s{i - 1}"] if i else []} for i in range(3000)
+    ]
+    good = write(tmp_path / "good.yaml", {"steps": steps})
+    bad = write(tmp_path / "bad.yaml", "steps: []\n")
+    for args in (["run", "--dry-run", str(good)], ["graph", str(good)], ["validate", str(good), str(bad)]):
+        expected = CliRunner().invoke(cli, args)  # in-process: the ordinary exit path
+        proc = devctl(*args)
+        assert (proc.returncode, proc.stdout) == (expected.exit_code, expected.stdout), args
+        assert proc.stderr == expected.stderr, args
+    assert proc.returncode == 2 and "steps must not be empty" in proc.stderr
+
+
+def test_atexit_handlers_still_run_after_a_quick_exit(tmp_path: Path) -> None:
+    good = write(tmp_path / "good.yaml", {"steps": [{"name": "a", "command": "!true"}]})
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "from devctl_dist.cli import main\n"
+        f"sys.argv = ['devctl', 'validate', {str(good)!r}]\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("OK: ")
+    assert proc.stderr == "atexit ran\n"
