@@ -14,12 +14,14 @@ the same session, descriptors, signal defaults and mask.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import os
 import queue
 import signal
 import threading
+import weakref
 from collections.abc import Mapping
 
 from devctl_dist.runners.proctree import STEP_TOKEN_ENV
@@ -128,7 +130,7 @@ class SpawnJob:
     thread only makes the call, so it needs the GIL as little as possible.
     """
 
-    __slots__ = ("call", "code", "future", "loop", "result", "settled", "waiters")
+    __slots__ = ("call", "code", "future", "inbox", "loop", "result", "settled", "waiters")
 
     def __init__(self, argv: list[str], env: Mapping[bytes, bytes], executable: str | None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -138,6 +140,7 @@ class SpawnJob:
         self.waiters: list[asyncio.Future[None]] = []
         self.code = 0
         self.call: _CCall | None = None
+        self.inbox: _Inbox | None = None
         try:
             self.call = _CCall(argv, env, executable)
         except (OSError, ValueError) as error:
@@ -146,12 +149,9 @@ class SpawnJob:
 
     def run(self) -> None:
         """On a spawning thread: spawn (GIL released), then report on the loop."""
-        assert self.call is not None
+        assert self.call is not None and self.inbox is not None
         self.code = self.call.function(*self.call.args)
-        try:
-            self.loop.call_soon_threadsafe(self._settle)
-        except RuntimeError:  # the loop is gone: nobody will ever reap this child
-            self._abandon()
+        self.inbox.post(self)
 
     async def wait_settled(self) -> None:
         """Until the spawn has returned (used after the step's wait for it was cancelled)."""
@@ -160,7 +160,8 @@ class SpawnJob:
             self.waiters.append(waiter)
             await waiter
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """On the loop: the spawn returned; hand its result (or error) to the step."""
         assert self.call is not None
         self.settled = True
         try:
@@ -175,7 +176,8 @@ class SpawnJob:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
+        """The loop is gone: nobody will ever reap this child, so kill and reap it here."""
         assert self.call is not None
         with contextlib.suppress(OSError):
             pid, out_fd, err_fd = self.call.finish(self.code)
@@ -191,8 +193,66 @@ def submit(argv: list[str], env: Mapping[bytes, bytes], executable: str | None =
         return _done_at_once(argv, env, executable)
     job = SpawnJob(argv, env, executable)
     if not job.settled:
+        job.inbox = _inbox(job.loop)
         pool.put(job)
     return job
+
+
+class _Inbox:
+    """Spawns finished for one event loop, and a wake-up for it that keeps the GIL.
+
+    ``call_soon_threadsafe`` wakes the loop with a socket send that releases the
+    GIL: one more hand-off between the spawning thread and the loop per step
+    (measured: ~25 us of CPU a step). libc's ``write`` called through
+    ``ctypes.PyDLL`` keeps the GIL.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.done: collections.deque[SpawnJob] = collections.deque()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self.closed = False
+        loop.add_reader(self.read_fd, self._drain)
+        weakref.finalize(loop, self.close)
+
+    def close(self) -> None:
+        """Release the pipe (its loop is closed or gone); idempotent."""
+        if not self.closed:
+            self.closed = True
+            close_all(self.read_fd, self.write_fd)
+
+    def post(self, job: SpawnJob) -> None:
+        """On a spawning thread: leave ``job`` and wake the loop (a full pipe: a wake-up is pending)."""
+        loop = self.loop()
+        if loop is None or loop.is_closed():
+            job.abandon()
+            return
+        self.done.append(job)
+        assert _libc is not None
+        _libc.write(self.write_fd, b"\0", 1)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self.read_fd, 4096)
+        while self.done:
+            self.done.popleft().settle()
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    """The loop's inbox; a new one first releases those of closed loops (``asyncio.run`` per Celery task)."""
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        for old_loop, old in list(_inboxes.items()):
+            if old_loop.is_closed():
+                old.close()
+                del _inboxes[old_loop]
+        inbox = _inboxes[loop] = _Inbox(loop)
+    return inbox
 
 
 def _done_at_once(argv: list[str], env: Mapping[bytes, bytes], executable: str | None) -> SpawnJob:
@@ -233,6 +293,9 @@ class _Libc:
             or libc.posix_spawnattr_setflags(self.attr, flags)
         ):
             raise OSError("posix_spawnattr_setflags failed")
+        self.write = ctypes.PyDLL(None).write  # keeps the GIL: a one-byte write to a pipe never blocks long
+        self.write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+        self.write.restype = ctypes.c_ssize_t
         for function in (libc.posix_spawn, libc.posix_spawnp):
             function.argtypes = (ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, *[ctypes.c_void_p] * 4)
             function.restype = ctypes.c_int
@@ -359,6 +422,7 @@ def _after_fork_in_child() -> None:
     """A forked child (a Celery pool process) has none of the threads: start its own on first use."""
     global _lock
     _state.pop("pool", None)
+    _inboxes.clear()
     _lock = threading.Lock()
 
 
