@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from devctl_dist import __version__
-from devctl_dist.cli_check import LazyChoice, graph_command, invalid_input, load_checked, validate_command
+from devctl_dist.cli_check import (
+    LazyChoice,
+    graph_command,
+    invalid_input,
+    load_checked,
+    starts_nothing,
+    validate_command,
+)
 from devctl_dist.cli_errors import CliState, DevctlGroup, exit_now
 from devctl_dist.cli_help import EPILOG_MAIN, EPILOG_RUN, HELP, RUN_HELP
 from devctl_dist.cli_support import PipeSafeStream, parse_vars
@@ -33,7 +40,6 @@ from devctl_dist.core.exceptions import (
     InfrastructureError,
     UsageError,
 )
-from devctl_dist.core.gc_pause import gc_paused
 from devctl_dist.service_commands import BROKER_HELP, flower_command, worker_command
 
 if TYPE_CHECKING:  # the rest is imported by the commands that use it: start-up stays fast
@@ -149,8 +155,7 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     if options.force and not options.resume:
         raise UsageError("--force only applies with --resume")
     if options.dry_run:
-        state.quick_exit = True  # it starts nothing (see cli_check)
-        with gc_paused():
+        with starts_nothing(state):
             return dry_run(options)
     workflow, warnings = load_checked(options.file)
     for warning in warnings:
@@ -316,7 +321,7 @@ workflow_group.add_command(make_run_command("dry-run", dry_run_only=True))
 
 def main() -> None:
     """Console-script entry point (``devctl``)."""
-    state = CliState()
+    state = CliState(process_ends=True)
     try:
         cli.main(prog_name="devctl", obj=state)
     except SystemExit as done:

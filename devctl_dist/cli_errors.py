@@ -30,6 +30,7 @@ class CliState:
 
     debug: bool = False
     quick_exit: bool = False  # the command started nothing: ``main`` may skip the interpreter's teardown
+    process_ends: bool = False  # devctl's own process (``main``), not a caller's (CliRunner)
 
     def enable_debug(self) -> None:
         self.debug = True
@@ -123,9 +124,10 @@ def exit_now(code: int) -> None:
     Teardown frees every object one by one and runs a last full GC: 0.5 s after a
     100,000-step dry run, for nothing. What exit would do that matters still
     happens: the atexit handlers (logging's flush among them) and flushed streams.
-    Returns, for a normal exit, if another thread is alive.
+    Returns, for a normal exit, if another thread is alive or a profiler or tracer
+    (pyinstrument, cProfile, coverage) still has a report to write.
     """
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         return
     atexit._run_exitfuncs()
     flush_stdout()
