@@ -1,6 +1,6 @@
 """The coordinator's one reader of worker reports.
 
-One coroutine BLPOPs the per-run ``done`` lists (``state``) and resolves one
+One coroutine BLMPOPs the per-run ``done`` lists (``state``) and resolves one
 future per in-flight task: no per-task polling, no result-channel subscriptions.
 Lists are durable where pub/sub is at-most-once; still, a report can be lost
 with a connection or a Redis restart, so every ``reconcile_interval`` seconds and
@@ -26,7 +26,14 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from devctl_dist.distributed.state import Lease, decode_outcome, done_key, lease_key, outcome_key
+from devctl_dist.distributed.state import (
+    Lease,
+    decode_outcome,
+    decode_report,
+    done_key,
+    lease_key,
+    outcome_key,
+)
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from devctl_dist.settings import Settings
 
@@ -198,7 +205,20 @@ class ReportListener:
         key, values = item[0], item[1]
         if not isinstance(key, bytes | str) or _text(key) == self._wake_key or not isinstance(values, list):
             return
-        await self._resolve_ids([_text(v) for v in values if isinstance(v, bytes | str)])
+        bare = []
+        for value in values:
+            if not isinstance(value, bytes | str):
+                continue
+            try:
+                task_id, outcome = decode_report(value)
+            except ValueError as exc:  # never from a devctl worker; reconcile still finds the outcome
+                log.warning("ignored a report: %s", exc)
+                continue
+            if outcome is None:
+                bare.append(task_id)
+            else:
+                self.resolve(task_id, outcome)
+        await self._resolve_ids(bare)
 
     async def _resolve_ids(self, ids: list[str]) -> None:
         wanted = [task_id for task_id in ids if task_id in self.pending]

@@ -17,9 +17,10 @@ Per run, for exactly-once starts (``generation`` travels with each task):
   never starts: a run that is over (coordinator gone or finished), or superseded
   by a ``--resume``, can start nothing more.
 
-Per run: ``devctl:run:{run_id}:done``, a list the worker pushes each finished task id
-onto; the coordinator's one reader pops it (BLPOP). The outcome is written in
-the same MULTI as the push, so a report is never seen before its outcome.
+Per run: ``devctl:run:{run_id}:done``, a list the worker pushes each finished task
+onto (``{"t": id, "o": outcome}``, or the bare id when an outcome was there first);
+the coordinator's one reader pops it (BLMPOP). The outcome is written in the same
+script as the push, so a report is never seen before its outcome.
 Celery's own result backend is not used for this: result state is not monotonic.
 """
 
@@ -106,6 +107,39 @@ return {ok and 1 or 0, cancel, lease, finished, live}
 """
 
 
+# KEYS: outcome, done list, lease; ARGV: outcome JSON, expiry, task id. The first report
+# writes the outcome and pushes it with its id (the reader needs no second read); a later
+# one pushes the bare id (its outcome is dropped: the first stands).
+FINISH_SCRIPT = """
+local written = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+if written then
+  redis.call('RPUSH', KEYS[2], '{"t":' .. cjson.encode(ARGV[3]) .. ',"o":' .. ARGV[1] .. '}')
+else
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+if written then return 1 end
+return 0
+"""
+
+
+def decode_report(item: bytes | str) -> tuple[str, StepOutcome | None]:
+    """An entry of a ``done`` list: (task id, its outcome when pushed with it).
+
+    A bare id (a later report, or an older worker) means: read ``outcome_key``.
+    Raises ``ValueError`` on an entry that is neither.
+    """
+    text = item.decode() if isinstance(item, bytes) else item
+    if not text.startswith("{"):  # run ids start with a letter or digit
+        return text, None
+    try:
+        data = json.loads(text)
+        return str(data["t"]), StepOutcome.from_dict(data["o"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a report: {text[:80]!r}") from exc
+
+
 @dataclass(frozen=True)
 class BeginResult:
     """What a worker learned when it claimed a task.
@@ -136,6 +170,7 @@ class WorkerState:
         self.expires = expires
         self.cancel_ttl = cancel_ttl
         self._claim = client.register_script(CLAIM_SCRIPT)
+        self._finish = client.register_script(FINISH_SCRIPT)
 
     def begin(
         self, task_id: str, worker: str, run_id: str | None = None, generation: int | None = None
@@ -173,20 +208,16 @@ class WorkerState:
         lease = Lease(worker, started_at, os.getpid())
         self.client.set(lease_key(task_id), lease.encode(), ex=self.lease_seconds)
 
-    def finish(self, task_id: str, run_id: str, outcome: StepOutcome) -> bool:
-        """Publish the outcome unless one exists, and report the id; one MULTI, one round trip.
+    def finish(self, task_id: str, run_id: str, outcome: StepOutcome | dict[str, Any]) -> bool:
+        """Publish the outcome unless one exists, and report it; one script, one round trip.
 
         Returns False when someone reported first (their outcome stands). The id is
         pushed either way: the reader ignores ids it already resolved.
         """
-        run_list = done_key(run_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(outcome_key(task_id), encode_outcome(outcome), ex=self.expires, nx=True)
-        pipe.rpush(run_list, task_id)
-        pipe.expire(run_list, self.expires)
-        pipe.delete(lease_key(task_id))
-        written, *_ = pipe.execute()
-        return bool(written)
+        data = outcome if isinstance(outcome, dict) else outcome.to_dict()
+        encoded = json.dumps(data, separators=(",", ":"))
+        keys = [outcome_key(task_id), done_key(run_id), lease_key(task_id)]
+        return bool(self._finish(keys=keys, args=[encoded, self.expires, task_id]))
 
     def is_cancelled(self, task_id: str) -> bool:
         return bool(self.client.exists(cancel_key(task_id)))

@@ -94,8 +94,9 @@ def run_step(
         if claim.ran_before:  # a lost pool child may have left the step running
             procs.kill_marked(task_id, settings.kill_grace)
         outcome = _run_marked(StepSpec.from_dict(spec_dict), task, state, settings, worker)
-    state.finish(task_id, run_id, outcome)
-    return outcome.to_dict()
+    data = outcome.to_dict()
+    state.finish(task_id, run_id, data)
+    return data
 
 
 def _run_marked(

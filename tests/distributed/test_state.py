@@ -13,6 +13,7 @@ from devctl_dist.distributed.state import (
     WorkerState,
     cancel_key,
     decode_outcome,
+    decode_report,
     done_key,
     lease_key,
     outcome_key,
@@ -61,7 +62,8 @@ def test_cancel_flag_wins_and_drops_the_lease(run: str, state: WorkerState, clie
 def test_finish_publishes_outcome_then_report(run: str, state: WorkerState, client: redis.Redis) -> None:
     state.begin(f"{run}:a:1", "w1@host")
     assert state.finish(f"{run}:a:1", run, StepOutcome(exit_code=0, stdout="ok\n", worker="w1@host"))
-    assert client.lrange(done_key(run), 0, -1) == [f"{run}:a:1".encode()]
+    reports = [decode_report(item) for item in client.lrange(done_key(run), 0, -1)]
+    assert reports == [(f"{run}:a:1", StepOutcome(exit_code=0, stdout="ok\n", worker="w1@host"))]
     raw = client.get(outcome_key(f"{run}:a:1"))
     assert raw is not None
     assert decode_outcome(raw) == StepOutcome(exit_code=0, stdout="ok\n", worker="w1@host")
@@ -73,7 +75,9 @@ def test_finish_publishes_outcome_then_report(run: str, state: WorkerState, clie
 def test_first_report_wins(run: str, state: WorkerState, client: redis.Redis) -> None:
     assert state.finish(f"{run}:a:1", run, StepOutcome(exit_code=-15, error="cancelled: task revoked"))
     assert not state.finish(f"{run}:a:1", run, StepOutcome(exit_code=0))
-    assert client.llen(done_key(run)) == 2  # a duplicate report; the reader ignores it
+    first, second = (decode_report(item) for item in client.lrange(done_key(run), 0, -1))
+    assert first[1] is not None and first[1].exit_code == -15  # the report carries its outcome
+    assert second == (f"{run}:a:1", None)  # a duplicate report, bare; the reader ignores it
     raw = client.get(outcome_key(f"{run}:a:1"))
     assert raw is not None and decode_outcome(raw).exit_code == -15
 
@@ -82,3 +86,11 @@ def test_lease_round_trip_with_odd_worker_names() -> None:
     lease = Lease("devctl-1|x@host", 1700000000.25)
     assert Lease.decode(lease.encode()) == lease
     assert Lease.decode(lease.encode().encode()) == lease
+
+
+def test_report_entries_decode_both_forms() -> None:
+    assert decode_report(b"run-1:a:1") == ("run-1:a:1", None)  # an older worker's bare id
+    pushed = '{"t":"run-1:a:1","o":{"exit_code":3}}'
+    assert decode_report(pushed) == ("run-1:a:1", StepOutcome(exit_code=3))
+    with pytest.raises(ValueError):
+        decode_report("{}")

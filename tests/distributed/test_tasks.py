@@ -15,7 +15,7 @@ from celery import Celery
 
 from devctl_dist.distributed.app import TASK_NAME, create_app
 from devctl_dist.distributed.runner import CeleryRunner
-from devctl_dist.distributed.state import cancel_key, decode_outcome, done_key, outcome_key
+from devctl_dist.distributed.state import cancel_key, decode_outcome, decode_report, done_key, outcome_key
 from devctl_dist.distributed.tasks import LOST_CHILD_RETRIES
 from devctl_dist.runners.base import StepOutcome, StepSpec
 from tests.distributed.cluster import WorkerProcess, cluster_settings
@@ -139,7 +139,7 @@ def test_cancel_flag_stops_a_task_before_its_step(
     client.set(cancel_key(spec.task_id), "1", ex=60)
     client_app.send_task(TASK_NAME, args=[spec.run_id, spec.name, spec.to_dict()], task_id=spec.task_id)
     reported = client.blpop([done_key(spec.run_id)], timeout=15)
-    assert reported is not None and reported[1] == spec.task_id.encode()
+    assert reported is not None and decode_report(reported[1])[0] == spec.task_id
     raw = client.get(outcome_key(spec.task_id))
     assert raw is not None
     outcome = decode_outcome(raw)
