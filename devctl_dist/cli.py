@@ -299,13 +299,6 @@ def workflow_group() -> None:
     """The original devctl's spelling: `devctl workflow run|validate|dry-run FILE`."""
 
 
-def _add_history_commands(group: click.Group) -> None:
-    from devctl_dist.cli_history import logs_command, runs_group
-
-    group.add_command(runs_group)
-    group.add_command(logs_command)
-
-
 run_command = make_run_command("run")
 cli.add_command(run_command)
 cli.add_command(validate_command)
@@ -313,7 +306,8 @@ cli.add_command(graph_command)
 cli.add_command(worker_command)
 cli.add_command(flower_command)
 cli.add_command(workflow_group)
-_add_history_commands(cli)
+cli.add_lazy_command("runs", "devctl_dist.cli_history:runs_group")  # run history: imported when used
+cli.add_lazy_command("logs", "devctl_dist.cli_history:logs_command")
 workflow_group.add_command(run_command)
 workflow_group.add_command(validate_command)
 workflow_group.add_command(make_run_command("dry-run", dry_run_only=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
+import importlib
 import os
 import sys
 import threading
@@ -33,6 +33,8 @@ class CliState:
     process_ends: bool = False  # devctl's own process (``main``), not a caller's (CliRunner)
 
     def enable_debug(self) -> None:
+        import logging  # only with --debug: nothing else on the validate path imports it
+
         self.debug = True
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -43,7 +45,28 @@ def one_line(message: str) -> str:
 
 
 class DevctlGroup(click.Group):
-    """A Click group that turns every error into one stderr line and an exit code."""
+    """A Click group that turns every error into one stderr line and an exit code.
+
+    Commands added with ``add_lazy_command`` are imported when first asked for
+    (their use, the help, completion): ``devctl validate`` needs none of them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}  # name -> "module:attribute"
+
+    def add_lazy_command(self, name: str, target: str) -> None:
+        self.lazy_commands[name] = target
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy_commands.get(cmd_name)
+        if target is not None and cmd_name not in self.commands:
+            module, _, attribute = target.partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
 
     def main(
         self,
