@@ -11,6 +11,7 @@ environment (``env -i``) drops the marker and is not found.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 
@@ -18,9 +19,20 @@ STEP_TOKEN_ENV = "DEVCTL_STEP_TOKEN"
 RUN_ID_ENV = "DEVCTL_RUN_ID"  # every local step process knows its run (and --resume finds leftovers by it)
 
 
+_prefix = {"pid": 0, "value": ""}
+_counter = itertools.count()
+
+
 def new_token() -> str:
-    """A marker value no other step on this host carries (random, so pid reuse cannot collide)."""
-    return secrets.token_hex(8)
+    """A marker value no other step on this host carries.
+
+    A random prefix per process (so pid reuse cannot collide, and redrawn in a
+    forked child) and a counter: one ``getrandom`` per process, not per step.
+    """
+    pid = os.getpid()
+    if _prefix["pid"] != pid:
+        _prefix["pid"], _prefix["value"] = pid, secrets.token_hex(8)
+    return f"{_prefix['value']}{next(_counter):x}"
 
 
 def marked_pids(name: str, value: str) -> list[int]:

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import fcntl
 import os
 import queue
 import signal
@@ -357,8 +358,8 @@ def _pipes() -> tuple[int, int, int, int]:
     except OSError:
         close_all(out_r, out_w)
         raise
-    os.set_blocking(out_r, False)
-    os.set_blocking(err_r, False)
+    fcntl.fcntl(out_r, fcntl.F_SETFL, os.O_NONBLOCK)  # a fresh pipe end has no other status flag
+    fcntl.fcntl(err_r, fcntl.F_SETFL, os.O_NONBLOCK)
     return out_r, out_w, err_r, err_w
 
 

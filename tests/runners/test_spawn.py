@@ -137,3 +137,23 @@ def test_a_forked_child_spawns_with_its_own_threads() -> None:
     assert queue.get(timeout=20) == "forked\n"
     child.join(10)
     assert child.exitcode == 0
+
+
+def _child_token(queue: multiprocessing.Queue[object]) -> None:
+    from devctl_dist.runners.proctree import new_token
+
+    queue.put(new_token())
+
+
+def test_step_tokens_are_unique_and_a_forked_child_draws_its_own() -> None:
+    from devctl_dist.runners.proctree import new_token
+
+    tokens = {new_token() for _ in range(10_000)}
+    assert len(tokens) == 10_000
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[object] = context.Queue()
+    child = context.Process(target=_child_token, args=(queue,))
+    child.start()
+    token = queue.get(timeout=20)
+    child.join(10)
+    assert isinstance(token, str) and token[:16] != next(iter(tokens))[:16]
