@@ -248,11 +248,12 @@ def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
     """The loop's inbox; a new one first releases those of closed loops (``asyncio.run`` per Celery task)."""
     inbox = _inboxes.get(loop)
     if inbox is None:
-        for old_loop, old in list(_inboxes.items()):
-            if old_loop.is_closed():
-                old.close()
-                del _inboxes[old_loop]
-        inbox = _inboxes[loop] = _Inbox(loop)
+        with _lock:  # loops in several threads (a threaded Celery pool) may meet here
+            for old_loop, old in list(_inboxes.items()):
+                if old_loop.is_closed():
+                    old.close()
+                    del _inboxes[old_loop]
+            inbox = _inboxes[loop] = _Inbox(loop)
     return inbox
 
 
@@ -261,7 +262,7 @@ def _done_at_once(argv: list[str], env: Mapping[bytes, bytes], executable: str |
     job = SpawnJob.__new__(SpawnJob)
     job.loop = asyncio.get_running_loop()
     job.future = job.loop.create_future()
-    job.call, job.code, job.result, job.settled, job.waiters = None, 0, None, True, []
+    job.call, job.inbox, job.code, job.result, job.settled, job.waiters = None, None, 0, None, True, []
     try:
         job.result = spawn(argv, env, executable)
         job.future.set_result(job.result)
