@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
-import fcntl
 import os
 import queue
 import signal
@@ -25,102 +23,19 @@ import threading
 import weakref
 from collections.abc import Mapping
 
-from devctl_dist.runners.proctree import STEP_TOKEN_ENV
-
-SPAWN_THREADS = 2  # two spawns may wait for a CPU at once; more only add GIL hand-offs
-
-# Python ignores SIGPIPE and SIGXFSZ, and a Celery pool child may ignore more:
-# ignored dispositions survive exec, so each step starts with the defaults.
-RESET_SIGNALS = (
-    signal.SIGPIPE,
-    signal.SIGXFSZ,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGCHLD,
-    signal.SIGTSTP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
+from devctl_dist.runners.posix import (
+    RESET_SIGNALS,
+    CCall,
+    Started,
+    c_library,
+    close_all,
+    spawn,
+    step_environment,
 )
 
-Started = tuple[int, int, int]  # pid, stdout read fd, stderr read fd
+__all__ = ["RESET_SIGNALS", "SpawnJob", "Started", "close_all", "spawn", "step_environment", "submit"]
 
-
-def spawn(argv: list[str], env: Mapping[bytes, bytes], executable: str | None = None) -> Started:
-    """Start ``argv`` in a new session with stdin /dev/null and piped stdout/stderr, on this thread.
-
-    Returns (pid, stdout read fd, stderr read fd). Without ``executable`` a
-    bare program name is searched on this process's PATH. Raises ``OSError``
-    (``FileNotFoundError``, ``PermissionError`` ...) when the program cannot
-    be started; no descriptor leaks then.
-    """
-    out_r, out_w, err_r, err_w = _pipes()
-    try:
-        pid = _os_spawn(argv, env, executable, out_w, err_w)
-    except BaseException:
-        close_all(out_r, out_w, err_r, err_w)
-        raise
-    close_all(out_w, err_w)
-    return pid, out_r, err_r
-
-
-def _os_spawn(
-    argv: list[str], env: Mapping[bytes, bytes], executable: str | None, out_w: int, err_w: int
-) -> int:
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out_w, 1),
-        (os.POSIX_SPAWN_DUP2, err_w, 2),
-    ]
-    if executable is None and "/" not in argv[0]:
-        return os.posix_spawnp(
-            argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=RESET_SIGNALS, setsigmask=()
-        )
-    return os.posix_spawn(
-        executable or argv[0],
-        argv,
-        env,
-        file_actions=actions,
-        setsid=True,
-        setsigdef=RESET_SIGNALS,
-        setsigmask=(),
-    )
-
-
-def close_all(*fds: int) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def step_environment(overrides: Mapping[str, str], token: str | None = None) -> Mapping[bytes, bytes]:
-    """``os.environ`` merged with ``overrides`` (and the step's marker), as the bytes mapping exec needs.
-
-    Iterating ``os.environ`` decodes every entry in Python (about 50 us per
-    step); its underlying bytes dict is read at C speed when available.
-    Raises ``ValueError`` for a name exec cannot carry (empty, ``=``, NUL) or a NUL in a value.
-    """
-    base: Mapping[bytes, bytes] = getattr(os.environ, "_data", None) or os.environb
-    if not overrides and token is None:
-        return base
-    merged = dict(base)
-    for key, value in overrides.items():
-        name = os.fsencode(key)
-        if not name or b"=" in name or b"\0" in name:
-            raise ValueError(f"invalid environment variable name {key!r}")
-        if "\0" in value:
-            raise ValueError(f"environment variable {key!r} contains a NUL character")
-        merged[name] = os.fsencode(value)
-    if token is not None:
-        merged[STEP_TOKEN_ENV.encode()] = token.encode()
-    return merged
-
-
-# ---------------------------------------------------------------- off the loop's thread
+SPAWN_THREADS = 2  # two spawns may wait for a CPU at once; more only add GIL hand-offs
 
 
 class SpawnJob:
@@ -140,10 +55,10 @@ class SpawnJob:
         self.settled = False
         self.waiters: list[asyncio.Future[None]] = []
         self.code = 0
-        self.call: _CCall | None = None
+        self.call: CCall | None = None
         self.inbox: _Inbox | None = None
         try:
-            self.call = _CCall(argv, env, executable)
+            self.call = CCall(argv, env, executable)
         except (OSError, ValueError) as error:
             self.settled = True
             self.future.set_exception(error)
@@ -231,8 +146,9 @@ class _Inbox:
             job.abandon()
             return
         self.done.append(job)
-        assert _libc is not None
-        _libc.write(self.write_fd, b"\0", 1)
+        loaded = c_library()
+        assert loaded is not None
+        loaded.write(self.write_fd, b"\0", 1)
 
     def _drain(self) -> None:
         with contextlib.suppress(OSError):
@@ -271,116 +187,6 @@ def _done_at_once(argv: list[str], env: Mapping[bytes, bytes], executable: str |
     return job
 
 
-class _Libc:
-    """The C library's spawn functions and a shared attribute set (session, signal defaults, empty mask)."""
-
-    SETSIGDEF, SETSIGMASK, SETSID = 0x04, 0x08, 0x80  # <spawn.h>, glibc (and musl)
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.libc = libc
-        self.attr = ctypes.create_string_buffer(1024)  # posix_spawnattr_t is 336 bytes on x86-64
-        self.sigdef = ctypes.create_string_buffer(256)
-        self.mask = ctypes.create_string_buffer(256)
-        if libc.posix_spawnattr_init(self.attr) or libc.sigemptyset(self.sigdef) + libc.sigemptyset(
-            self.mask
-        ):
-            raise OSError("posix_spawnattr_init failed")
-        for signum in RESET_SIGNALS:
-            libc.sigaddset(self.sigdef, int(signum))
-        flags = ctypes.c_short(self.SETSIGDEF | self.SETSIGMASK | self.SETSID)
-        if (
-            libc.posix_spawnattr_setsigdefault(self.attr, self.sigdef)
-            or libc.posix_spawnattr_setsigmask(self.attr, self.mask)
-            or libc.posix_spawnattr_setflags(self.attr, flags)
-        ):
-            raise OSError("posix_spawnattr_setflags failed")
-        self.write = ctypes.PyDLL(None).write  # keeps the GIL: a one-byte write to a pipe never blocks long
-        self.write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
-        self.write.restype = ctypes.c_ssize_t
-        for function in (libc.posix_spawn, libc.posix_spawnp):
-            function.argtypes = (ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, *[ctypes.c_void_p] * 4)
-            function.restype = ctypes.c_int
-
-
-class _CCall:
-    """``_os_spawn`` as a prepared C call: pipes, argv, environment and file actions built in advance."""
-
-    __slots__ = ("actions", "args", "fds", "function", "pid", "program")
-
-    def __init__(self, argv: list[str], env: Mapping[bytes, bytes], executable: str | None) -> None:
-        assert _libc is not None
-        libc = _libc.libc
-        words = [os.fsencode(word) for word in argv]
-        path = os.fsencode(executable or argv[0])
-        if b"\0" in path or any(b"\0" in word for word in words):
-            raise ValueError("embedded null byte")
-        entries = [name + b"=" + value for name, value in env.items()]
-        argv_c = (ctypes.c_char_p * (len(words) + 1))(*words, None)
-        env_c = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
-        self.program = executable or argv[0]
-        self.pid = ctypes.c_int()
-        self.actions = ctypes.create_string_buffer(256)  # posix_spawn_file_actions_t: 80 bytes on x86-64
-        if libc.posix_spawn_file_actions_init(self.actions):
-            raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
-        try:
-            self.fds = _pipes()
-            out_w, err_w = self.fds[1], self.fds[3]
-            if (
-                libc.posix_spawn_file_actions_addopen(self.actions, 0, b"/dev/null", os.O_RDONLY, 0)
-                or libc.posix_spawn_file_actions_adddup2(self.actions, out_w, 1)
-                or libc.posix_spawn_file_actions_adddup2(self.actions, err_w, 2)
-            ):
-                close_all(*self.fds)
-                raise OSError(ctypes.get_errno(), "posix_spawn file actions failed")
-        except BaseException:
-            libc.posix_spawn_file_actions_destroy(self.actions)
-            raise
-        self.function = libc.posix_spawnp if executable is None and "/" not in argv[0] else libc.posix_spawn
-        self.args = (ctypes.byref(self.pid), path, self.actions, _libc.attr, argv_c, env_c)
-
-    def finish(self, code: int) -> Started:
-        """After the call: close the child's pipe ends; raise the spawn's error, if any."""
-        assert _libc is not None
-        _libc.libc.posix_spawn_file_actions_destroy(self.actions)
-        out_r, out_w, err_r, err_w = self.fds
-        close_all(out_w, err_w)
-        if code:
-            close_all(out_r, err_r)
-            raise OSError(code, os.strerror(code), self.program)
-        return self.pid.value, out_r, err_r
-
-
-def _pipes() -> tuple[int, int, int, int]:
-    """Two pipes (stdout, stderr), the read ends non-blocking; nothing leaks on failure."""
-    out_r, out_w = os.pipe()
-    try:
-        err_r, err_w = os.pipe()
-    except OSError:
-        close_all(out_r, out_w)
-        raise
-    fcntl.fcntl(out_r, fcntl.F_SETFL, os.O_NONBLOCK)  # a fresh pipe end has no other status flag
-    fcntl.fcntl(err_r, fcntl.F_SETFL, os.O_NONBLOCK)
-    return out_r, out_w, err_r, err_w
-
-
-def _load_libc() -> _Libc | None:
-    version = ""
-    with contextlib.suppress(ValueError, OSError):
-        version = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    name, _, number = version.partition(" ")
-    try:
-        major, minor = (int(part) for part in number.split(".")[:2])
-    except ValueError:
-        return None
-    if name != "glibc" or (major, minor) < (2, 26):
-        return None
-    try:
-        return _Libc()
-    except (OSError, AttributeError):
-        return None
-
-
 class _Pool:
     """Daemon threads that run spawn jobs (restarted lazily in a forked child)."""
 
@@ -397,7 +203,6 @@ class _Pool:
             self.jobs.get().run()
 
 
-_libc: _Libc | None = None
 _state: dict[str, _Pool | bool] = {}  # "pool", or "none" once the C library proved unusable
 _lock = threading.Lock()
 
@@ -409,11 +214,9 @@ def _pool() -> _Pool | None:
         return pool
     if "none" in _state:
         return None
-    global _libc
     with _lock:
         if "pool" not in _state and "none" not in _state:
-            _libc = _load_libc()
-            if _libc is None:
+            if c_library() is None:
                 _state["none"] = True
             else:
                 _state["pool"] = _Pool(SPAWN_THREADS)
