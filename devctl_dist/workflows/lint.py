@@ -16,22 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from jinja2 import meta, nodes
-from jinja2.exceptions import TemplateSyntaxError
-from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment as Sandbox
 
 from devctl_dist.workflows.schema import WorkflowSchema, WorkflowStepSchema
-from devctl_dist.workflows.templating import TemplateRenderer
 from devctl_dist.workflows.validation import iter_steps, normalize
 
 _RUN_GLOBALS = frozenset({"vars", "env", "results"})
-_GUARD_FILTERS = frozenset({"default", "d"})
-_GUARD_TESTS = frozenset({"defined", "undefined"})
-_MAPPING_METHODS = frozenset({"get", "keys", "items", "values"})
-_CONDITION_WORDS = frozenset({"true", "yes", "on", "1", "false", "no", "off", "0", "none", ""})
+CONDITION_WORDS = frozenset({"true", "yes", "on", "1", "false", "no", "off", "0", "none", ""})
 WORKFLOW_ENV = ""  # Problem.step for the workflow-level env, rendered before any step runs
 
 
@@ -48,7 +38,7 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class _Scope:
+class Scope:
     """What a template of one step may name: variables, all step names, readable results."""
 
     variables: frozenset[str]
@@ -57,25 +47,41 @@ class _Scope:
 
 
 def lint_workflow(workflow: WorkflowSchema, variables: Collection[str] = ()) -> list[Problem]:
-    """Every template problem in ``workflow``, in file order; ``variables`` are the ``--var`` names."""
+    """Every template problem in ``workflow``, in file order; ``variables`` are the ``--var`` names.
+
+    A file with nothing Jinja could read (no ``{``, no condition but a true/false
+    word) has no template problem: it is answered without importing Jinja2.
+    """
     workflow = normalize(workflow)
-    sandbox = _run_sandbox()
+    if not _templated(workflow):
+        return []
+    from devctl_dist.workflows.lint_templates import check_step, check_template, run_sandbox
+
+    sandbox = run_sandbox()
     known = frozenset(workflow.vars) | frozenset(variables) | _RUN_GLOBALS | frozenset(sandbox.globals)
     names = frozenset(step.display_name for step in iter_steps(workflow, hooks=True))
     problems: list[Problem] = []
-    env_scope = _Scope(known, names, frozenset())
+    env_scope = Scope(known, names, frozenset())
     for value in workflow.env.values():
-        problems += _check_template(sandbox, value, WORKFLOW_ENV, env_scope)
+        problems += check_template(sandbox, value, WORKFLOW_ENV, env_scope)
     for step, readable in _step_scopes(workflow):
-        scope = _Scope(known, names, readable)
-        problems += _check_step(sandbox, step, scope)
+        scope = Scope(known, names, readable)
+        problems += check_step(sandbox, step, scope)
     return problems
 
 
-def _run_sandbox() -> Sandbox:
-    """The sandbox a run renders with (its filters included, e.g. ``quote``), so both agree."""
-    sandbox: Sandbox = TemplateRenderer({}, {})._sandbox
-    return sandbox
+def _templated(workflow: WorkflowSchema) -> bool:
+    """Whether any value the checks read could hold Jinja (``check_step`` reads the same ones)."""
+    if any("{" in value for value in workflow.env.values()):
+        return True
+    for step in iter_steps(workflow, hooks=True):
+        condition = step.condition
+        if condition is not None and condition.strip().lower() not in CONDITION_WORDS:
+            return True
+        values = [step.command or "", *step.env.values(), *step.params.values()]
+        if any(isinstance(value, str) and "{" in value for value in values):
+            return True
+    return False
 
 
 def _step_scopes(workflow: WorkflowSchema) -> Iterator[tuple[WorkflowStepSchema, frozenset[str] | None]]:
@@ -105,106 +111,3 @@ def _ancestors(name: str, deps: Mapping[str, Sequence[str]]) -> frozenset[str]:
             seen.add(node)
             stack.extend(deps.get(node, ()))
     return frozenset(seen)
-
-
-def _check_step(sandbox: Sandbox, step: WorkflowStepSchema, scope: _Scope) -> list[Problem]:
-    """The templates the run renders for ``step``: condition, command, params and env values."""
-    name = step.display_name
-    problems: list[Problem] = []
-    if step.condition is not None:
-        problems += _check_condition(sandbox, step.condition, name, scope)
-    command = step.command or ""
-    templates = [command[1:] if command.startswith("!") else command]
-    templates += [value for value in step.params.values() if isinstance(value, str)]
-    templates += list(step.env.values())
-    for template in templates:
-        problems += _check_template(sandbox, template, name, scope)
-    return problems
-
-
-def _check_condition(sandbox: Sandbox, condition: str, step: str, scope: _Scope) -> list[Problem]:
-    """Like ``TemplateRenderer.judge``: a template, a true/false word, or a bare expression."""
-    if "{{" in condition or "{%" in condition:
-        return _check_template(sandbox, condition, step, scope)
-    if condition.strip().lower() in _CONDITION_WORDS:
-        return []
-    try:
-        sandbox.compile_expression(condition.strip())  # what judge() does: also unknown filters
-        expression = Parser(sandbox, condition.strip(), state="variable").parse_expression()
-    except TemplateSyntaxError as error:
-        return [Problem(step, f"template syntax error: {_one_line(error.message or '')}")]
-    tree = nodes.Template([nodes.Output([expression])])
-    tree.set_environment(sandbox)
-    return _check_tree(tree, step, scope)
-
-
-def _check_template(sandbox: Sandbox, template: str, step: str, scope: _Scope) -> list[Problem]:
-    if "{" not in template:
-        return []
-    try:
-        sandbox.compile(template)  # what render() does: also unknown filters and tests
-        tree = sandbox.parse(template)
-    except TemplateSyntaxError as error:
-        return [Problem(step, f"template syntax error: {_one_line(error.message or '')}")]
-    return _check_tree(tree, step, scope)
-
-
-def _check_tree(tree: nodes.Template, step: str, scope: _Scope) -> list[Problem]:
-    problems = []
-    guarded = _guarded_names(tree)
-    for name in sorted(meta.find_undeclared_variables(tree) - scope.variables - guarded):
-        problems.append(Problem(step, f"undefined variable '{name}'"))
-    for target in _result_references(tree):
-        problem = _check_result(target, step, scope)
-        if problem is not None:
-            problems.append(problem)
-    return problems
-
-
-def _guarded_names(tree: nodes.Node) -> set[str]:
-    """Names that are only looked at through ``| default`` or ``is defined``: undefined is fine there."""
-    names: set[str] = set()
-    for node in tree.find_all((nodes.Filter, nodes.Test)):
-        guards = _GUARD_FILTERS if isinstance(node, nodes.Filter) else _GUARD_TESTS
-        if node.name in guards and isinstance(node.node, nodes.Name):
-            names.add(node.node.name)
-    return names
-
-
-def _result_references(tree: nodes.Node) -> Iterator[str]:
-    """Step names used as ``results['x']``, ``results.x`` or ``results.get('x')`` with a literal name."""
-    for node in tree.find_all((nodes.Getitem, nodes.Getattr, nodes.Call)):
-        target = _reference(node)
-        if target is not None:
-            yield target
-
-
-def _reference(node: nodes.Node) -> str | None:
-    if isinstance(node, nodes.Getitem) and _is_results(node.node) and isinstance(node.arg, nodes.Const):
-        value: Any = node.arg.value
-        return value if isinstance(value, str) else None
-    if isinstance(node, nodes.Getattr) and _is_results(node.node) and node.attr not in _MAPPING_METHODS:
-        return str(node.attr)
-    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.args:
-        method, first = node.node, node.args[0]
-        if method.attr == "get" and _is_results(method.node) and isinstance(first, nodes.Const):
-            return first.value if isinstance(first.value, str) else None
-    return None
-
-
-def _is_results(node: nodes.Node) -> bool:
-    return isinstance(node, nodes.Name) and node.name == "results"
-
-
-def _check_result(target: str, step: str, scope: _Scope) -> Problem | None:
-    if target not in scope.steps:
-        return Problem(step, f"results['{target}'] names no step")
-    if step == WORKFLOW_ENV:
-        return Problem(step, f"results['{target}'] is not available (no step has run yet)")
-    if scope.readable is not None and target not in scope.readable:
-        return Problem(step, f"results['{target}'] is not available (not a dependency of '{step}')")
-    return None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -145,3 +147,32 @@ def test_the_workflow_env_cannot_read_results() -> None:
 @pytest.mark.parametrize("command", ["!echo ${HOME} {a,b}", "!awk '{print $1}'", "echo"])
 def test_text_that_is_not_a_template_passes(command: str) -> None:
     assert problems({"steps": [step("a", command)]}) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "found"),
+    [
+        ({}, []),
+        ({"condition": "yes"}, []),
+        ({"condition": "n > 5"}, ["step 'a': undefined variable 'n'"]),
+        ({"condition": "n >"}, ["step 'a': template syntax error: unexpected 'end of template'"]),
+        ({"params": {"p": "{{ n }}", "q": 3}}, ["step 'a': undefined variable 'n'"]),
+        ({"env": {"E": "{{ n }}"}}, ["step 'a': undefined variable 'n'"]),
+    ],
+)
+def test_files_without_templates_skip_jinja_and_lose_no_problem(
+    extra: dict[str, Any], found: list[str]
+) -> None:
+    """Only a file with nothing Jinja could read is answered without Jinja2 (in a fresh process)."""
+    data = {"steps": [step("a", "!true", **extra)]}
+    assert problems(data) == found
+    code = (
+        "import sys, yaml\n"
+        "from devctl_dist.workflows.lint import lint_workflow\n"
+        "from devctl_dist.workflows.loader import load_workflow_text\n"
+        f"workflow = load_workflow_text(yaml.safe_dump({data!r}), 'wf.yaml')\n"
+        "lint_workflow(workflow)\n"
+        "print('jinja2' in sys.modules)\n"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == str(bool(found))
