@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from devctl_dist.runners.base import OutputSink, StepOutcome, StepSpec
 from devctl_dist.runners.process import StepProcess, ensure_child_status
 from devctl_dist.runners.proctree import RUN_ID_ENV, new_token
-from devctl_dist.runners.spawn import SpawnJob, Started, spawn, step_environment, submit
+from devctl_dist.runners.spawn import SpawnJob, Started, spawn, step_environment, submit, with_token
 
 SHELL = "/bin/sh"
 
@@ -132,7 +132,7 @@ class LocalRunner:
         started_at = time.time()
         kills = self._kills
         try:
-            env = step_environment({**spec.env, RUN_ID_ENV: spec.run_id}, token)
+            env = step_environment({**spec.env, RUN_ID_ENV: spec.run_id})  # the marker is added at spawn
             started = await self._spawn(launch, env, spec, token, output)
         except (OSError, ValueError) as error:
             return _spawn_failure(launch, error, started_at)
@@ -170,7 +170,7 @@ class LocalRunner:
             executable = shutil.which(word, path=spec.env["PATH"])
             if executable is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), word)
-        job = submit(launch.argv, env, executable)
+        job = submit(launch.argv, env, executable, token)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -180,7 +180,7 @@ class LocalRunner:
             if word is None or error.errno != errno.ENOEXEC:
                 raise
             # A script without a #! line: sh runs such files itself.
-            return spawn([SHELL, "-c", spec.command], env)
+            return spawn([SHELL, "-c", spec.command], with_token(env, token))
 
     async def _stop_spawned(
         self, job: SpawnJob, spec: StepSpec, token: str, output: OutputSink | None

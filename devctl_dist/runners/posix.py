@@ -111,6 +111,13 @@ def step_environment(overrides: Mapping[str, str], token: str | None = None) -> 
     return merged
 
 
+def with_token(env: Mapping[bytes, bytes], token: str | None) -> Mapping[bytes, bytes]:
+    """``env`` plus the step's marker (what ``step_environment(overrides, token)`` gives)."""
+    if token is None:
+        return env
+    return {**env, STEP_TOKEN_ENV.encode(): token.encode()}
+
+
 class Libc:
     """The C library's spawn functions and a shared attribute set (session, signal defaults, empty mask)."""
 
@@ -138,59 +145,107 @@ class Libc:
         self.write = ctypes.PyDLL(None).write  # keeps the GIL: a one-byte write to a pipe never blocks long
         self.write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
         self.write.restype = ctypes.c_ssize_t
+        self._actions: dict[tuple[int, int], ctypes.Array[ctypes.c_char]] = {}
         for function in (libc.posix_spawn, libc.posix_spawnp):
             function.argtypes = (ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, *[ctypes.c_void_p] * 4)
             function.restype = ctypes.c_int
 
+    def actions(self, out_w: int, err_w: int) -> ctypes.Array[ctypes.c_char]:
+        """File actions: stdin from /dev/null, stdout and stderr to these pipe ends.
+
+        Built once per pair of descriptor numbers (the same few recur) and never
+        changed: two spawns in flight never share a pair, descriptors being unique while open.
+        """
+        actions = self._actions.get((out_w, err_w))
+        if actions is None:
+            actions = ctypes.create_string_buffer(256)  # posix_spawn_file_actions_t: 80 bytes on x86-64
+            c = self.libc
+            if (
+                c.posix_spawn_file_actions_init(actions)
+                or c.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0)
+                or c.posix_spawn_file_actions_adddup2(actions, out_w, 1)
+                or c.posix_spawn_file_actions_adddup2(actions, err_w, 2)
+            ):
+                raise OSError(ctypes.get_errno(), "posix_spawn file actions failed")
+            self._actions[out_w, err_w] = actions
+        return actions
+
 
 class CCall:
-    """``_os_spawn`` as a prepared C call: pipes, argv, environment and file actions built in advance."""
+    """``_os_spawn`` as a prepared C call: pipes, argv, environment and file actions built in advance.
 
-    __slots__ = ("actions", "args", "fds", "function", "pid", "program")
+    ``token`` is the step's marker, added to ``env`` (``step_environment`` without it)
+    at the end of the C array: the rest of the array is reused while the environment stays the same.
+    """
 
-    def __init__(self, argv: list[str], env: Mapping[bytes, bytes], executable: str | None) -> None:
+    __slots__ = ("args", "fds", "function", "keep", "pid", "program")
+
+    def __init__(
+        self, argv: list[str], env: Mapping[bytes, bytes], executable: str | None, token: str | None = None
+    ) -> None:
         loaded = c_library()
         assert loaded is not None
-        c = loaded.libc
         words = [os.fsencode(word) for word in argv]
         path = os.fsencode(executable or argv[0])
         if b"\0" in path or any(b"\0" in word for word in words):
             raise ValueError("embedded null byte")
-        entries = [name + b"=" + value for name, value in env.items()]
         argv_c = (ctypes.c_char_p * (len(words) + 1))(*words, None)
-        env_c = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
+        env_c, self.keep = _env_array(env, None if token is None else f"{STEP_TOKEN_ENV}={token}".encode())
         self.program = executable or argv[0]
         self.pid = ctypes.c_int()
-        self.actions = ctypes.create_string_buffer(256)  # posix_spawn_file_actions_t: 80 bytes on x86-64
-        if c.posix_spawn_file_actions_init(self.actions):
-            raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
+        self.fds = pipes()
         try:
-            self.fds = pipes()
-            out_w, err_w = self.fds[1], self.fds[3]
-            if (
-                c.posix_spawn_file_actions_addopen(self.actions, 0, b"/dev/null", os.O_RDONLY, 0)
-                or c.posix_spawn_file_actions_adddup2(self.actions, out_w, 1)
-                or c.posix_spawn_file_actions_adddup2(self.actions, err_w, 2)
-            ):
-                close_all(*self.fds)
-                raise OSError(ctypes.get_errno(), "posix_spawn file actions failed")
+            actions = loaded.actions(self.fds[1], self.fds[3])
         except BaseException:
-            c.posix_spawn_file_actions_destroy(self.actions)
+            close_all(*self.fds)
             raise
+        c = loaded.libc
         self.function = c.posix_spawnp if executable is None and "/" not in argv[0] else c.posix_spawn
-        self.args = (ctypes.byref(self.pid), path, self.actions, loaded.attr, argv_c, env_c)
+        self.args = (ctypes.byref(self.pid), path, actions, loaded.attr, argv_c, env_c)
 
     def finish(self, code: int) -> Started:
         """After the call: close the child's pipe ends; raise the spawn's error, if any."""
-        loaded = c_library()
-        assert loaded is not None
-        loaded.libc.posix_spawn_file_actions_destroy(self.actions)
         out_r, out_w, err_r, err_w = self.fds
         close_all(out_w, err_w)
         if code:
             close_all(out_r, err_r)
             raise OSError(code, os.strerror(code), self.program)
         return self.pid.value, out_r, err_r
+
+
+class _EnvArray:
+    """The C array of the last environment seen, with a free slot before the final NULL."""
+
+    __slots__ = ("entries", "size", "source", "template")
+
+    def __init__(self, env: Mapping[bytes, bytes]) -> None:
+        self.source = dict(env)  # a copy: ``os.environ`` changes in place
+        self.entries = [name + b"=" + value for name, value in env.items()]
+        self.template = (ctypes.c_char_p * (len(self.entries) + 2))(*self.entries, None, None)
+        self.size = ctypes.sizeof(self.template)
+
+
+_last_env: list[_EnvArray] = []
+
+
+def _env_array(
+    env: Mapping[bytes, bytes], extra: bytes | None
+) -> tuple[ctypes.Array[ctypes.c_char_p], object]:
+    """``env`` (plus ``extra``) as a NULL-terminated C array, and what keeps its strings alive.
+
+    Encoding 40-odd variables into a fresh array costs ~10 us a step; the
+    environment rarely changes between steps, so the last array is copied
+    (its pointers stay valid: the cache entry, returned too, holds the strings).
+    """
+    cached = _last_env[0] if _last_env else None
+    if cached is None or cached.source != env:
+        cached = _EnvArray(env)
+        _last_env[:] = [cached]
+    array = type(cached.template)()
+    ctypes.memmove(array, cached.template, cached.size)
+    if extra is not None:
+        array[len(cached.entries)] = extra
+    return array, (cached, extra)
 
 
 def pipes() -> tuple[int, int, int, int]:

@@ -31,9 +31,19 @@ from devctl_dist.runners.posix import (
     close_all,
     spawn,
     step_environment,
+    with_token,
 )
 
-__all__ = ["RESET_SIGNALS", "SpawnJob", "Started", "close_all", "spawn", "step_environment", "submit"]
+__all__ = [
+    "RESET_SIGNALS",
+    "SpawnJob",
+    "Started",
+    "close_all",
+    "spawn",
+    "step_environment",
+    "submit",
+    "with_token",
+]
 
 SPAWN_THREADS = 2  # two spawns may wait for a CPU at once; more only add GIL hand-offs
 
@@ -48,7 +58,9 @@ class SpawnJob:
 
     __slots__ = ("call", "code", "future", "inbox", "loop", "result", "settled", "waiters")
 
-    def __init__(self, argv: list[str], env: Mapping[bytes, bytes], executable: str | None) -> None:
+    def __init__(
+        self, argv: list[str], env: Mapping[bytes, bytes], executable: str | None, token: str | None
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Started] = self.loop.create_future()
         self.result: Started | None = None
@@ -58,7 +70,7 @@ class SpawnJob:
         self.call: CCall | None = None
         self.inbox: _Inbox | None = None
         try:
-            self.call = CCall(argv, env, executable)
+            self.call = CCall(argv, env, executable, token)
         except (OSError, ValueError) as error:
             self.settled = True
             self.future.set_exception(error)
@@ -102,12 +114,17 @@ class SpawnJob:
             os.waitpid(pid, 0)
 
 
-def submit(argv: list[str], env: Mapping[bytes, bytes], executable: str | None = None) -> SpawnJob:
-    """Spawn on a spawning thread when the C library allows it, else at once on this thread."""
+def submit(
+    argv: list[str], env: Mapping[bytes, bytes], executable: str | None = None, token: str | None = None
+) -> SpawnJob:
+    """Spawn on a spawning thread when the C library allows it, else at once on this thread.
+
+    ``env`` comes from ``step_environment`` without the step's marker ``token``, added here.
+    """
     pool = _pool()
     if pool is None:
-        return _done_at_once(argv, env, executable)
-    job = SpawnJob(argv, env, executable)
+        return _done_at_once(argv, with_token(env, token), executable)
+    job = SpawnJob(argv, env, executable, token)
     if not job.settled:
         job.inbox = _inbox(job.loop)
         pool.put(job)

@@ -157,3 +157,25 @@ def test_step_tokens_are_unique_and_a_forked_child_draws_its_own() -> None:
     token = queue.get(timeout=20)
     child.join(10)
     assert isinstance(token, str) and token[:16] != next(iter(tokens))[:16]
+
+
+def test_each_step_sees_the_environment_of_its_start_and_its_own_marker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The C environment array is reused between steps: only while the environment is unchanged."""
+
+    def printenv(name: str, **env: str) -> tuple[int | None, str]:
+        spec = StepSpec(run_id="env", name="s", command=f"printenv {name}", env=env)
+        outcome = asyncio.run(LocalRunner().run(spec))
+        return outcome.exit_code, outcome.stdout
+
+    monkeypatch.setenv("DEVCTL_TEST_VALUE", "one")
+    assert printenv("DEVCTL_TEST_VALUE") == (0, "one\n")
+    monkeypatch.setenv("DEVCTL_TEST_VALUE", "two")
+    assert printenv("DEVCTL_TEST_VALUE") == (0, "two\n")
+    assert printenv("DEVCTL_TEST_VALUE", DEVCTL_TEST_VALUE="three") == (0, "three\n")
+    monkeypatch.delenv("DEVCTL_TEST_VALUE")
+    assert printenv("DEVCTL_TEST_VALUE")[0] == 1
+    markers = {printenv("DEVCTL_STEP_TOKEN")[1] for _ in range(5)}
+    assert len(markers) == 5 and all(len(marker) > 16 for marker in markers)
+    assert printenv("DEVCTL_RUN_ID") == (0, "env\n")
