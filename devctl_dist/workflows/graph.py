@@ -149,8 +149,7 @@ class DependencyGraph:
         if self._layers is None:
             with gc_paused():
                 layers = self._layers_if_declared_in_order()
-                if layers is None:
-                    self._check_missing()
+                if layers is None:  # __init__ already refused unknown dependencies
                     layers = self._layers_by_batches()
             # None: a cycle, which graphlib finds and names
             self._layers = layers if layers is not None else self._layers_from_sorter()
@@ -191,7 +190,9 @@ class DependencyGraph:
         waiting: dict[str, int] = {}
         dependents: dict[str, list[str]] = {name: [] for name in self.steps}
         for name, node in self.steps.items():
-            deps = set(node.depends_on)
+            deps: Collection[str] = node.depends_on
+            if len(deps) > 1:
+                deps = set(deps)  # a dependency named twice is one edge, as in graphlib
             waiting[name] = len(deps)
             for dep in deps:
                 dependents[dep].append(name)
