@@ -233,14 +233,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1,000-step rows only")
     parser.add_argument("--no-distributed", action="store_true")
+    parser.add_argument("--only-distributed", action="store_true", help="the distributed rows alone")
     parser.add_argument("--dist-steps", type=int, default=1000)
     args = parser.parse_args(argv)
     quiet = _quiet_flag()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        rows += scale_rows(tmp, args.quick)
-        rows += local_rows(tmp, args.quick, quiet)
+        if not args.only_distributed:
+            rows += scale_rows(tmp, args.quick)
+            rows += local_rows(tmp, args.quick, quiet)
         for row in rows:
             measure(row, args.repeat)
         if not args.no_distributed:
@@ -250,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for row in dist:
                     measure(row, max(2, args.repeat - 1))
                 rows += dist
-    rows.append(in_process_plan(args.repeat))
+    if not args.only_distributed:
+        rows.append(in_process_plan(args.repeat))
     print(f"end to end, best of {args.repeat}; breakdown in seconds (start-up = importing the CLI)")
     print_table(rows)
     print_output_cost(rows)
