@@ -173,6 +173,7 @@ _SCALAR_TAGS = {  # the scalars SafeConstructor makes from implicit tags, string
     f"tag:yaml.org,2002:{kind}": SafeConstructor.yaml_constructors[f"tag:yaml.org,2002:{kind}"]
     for kind in ("null", "bool", "int", "float", "timestamp")
 }
+_PLAIN_CACHE = 4096  # untagged scalars remembered: keys and repeated values, not every name
 _OPEN = object()  # an anchor whose collection is still being built: a recursive alias
 
 
@@ -189,6 +190,7 @@ class _EventBuilder:
         self._resolve: Any = Resolver().resolve  # the composer's own tag resolution
         self._constructor = SafeConstructor()
         self._tags: dict[tuple[str, Any], str] = {}  # (plain value, implicit) -> resolved tag
+        self._plain: dict[tuple[str, Any], Any] = {}  # (value, implicit) -> value, for untagged scalars
         self._anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, values it expands to)
         self._count = 0
 
@@ -210,12 +212,17 @@ class _EventBuilder:
     def _node(self) -> Any:
         """The next node, collections built iteratively (no recursion, depth bounded)."""
         get_event = self._parser.get_event
+        plain = self._plain
         stack: list[list[Any]] = []
         while True:
             event = get_event()
             kind = type(event)
             if kind is ScalarEvent:
-                value = self._scalar(event)
+                value = plain.get((event.value, event.implicit), _OPEN) if event.tag is None else _OPEN
+                if value is _OPEN or event.anchor is not None:
+                    value = self._scalar(event)
+                else:
+                    self._count += 1
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 self._open(event, stack)
                 continue
@@ -256,6 +263,8 @@ class _EventBuilder:
             result = _SCALAR_TAGS[tag](self._constructor, yaml.ScalarNode(tag, value))
         else:
             raise _NotFast
+        if event.tag is None and len(self._plain) < _PLAIN_CACHE:
+            self._plain[(value, event.implicit)] = result  # immutable: shared safely
         if event.anchor is not None:
             self._anchor(event.anchor, result, 1)
         return result
