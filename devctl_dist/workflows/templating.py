@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jinja2 import StrictUndefined, Template
 from jinja2 import exceptions as jinja_errors
@@ -26,8 +26,10 @@ from jinja2.exceptions import SecurityError
 from jinja2.utils import missing
 
 from devctl_dist.core.exceptions import TemplateError
-from devctl_dist.workflows.results import StepResult
 from devctl_dist.workflows.sandbox import Sandbox, render_bounded
+
+if TYPE_CHECKING:  # a type only: `devctl validate` need not import the results modules
+    from devctl_dist.workflows.results import StepResult
 
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0", "none", ""})
