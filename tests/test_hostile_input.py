@@ -91,6 +91,13 @@ REGRESSIONS = {
     "alias bomb": ((ALIAS_BOMB + "steps:\n" + STEP + "    env: {X: *i}\n").encode(), "document too large"),
     "deep nesting": (b"x: " + b"[" * 5000 + b"]" * 5000 + b"\nsteps:\n" + STEP.encode(), "more than 100"),
     "python tag": (b"steps: !!python/object:os.system [ls]\n", "invalid YAML"),
+    # A recursive alias as a key made the size check walk the cycle until memory ran out.
+    "recursive alias as a key": (b"x: &x [1, { *x}]\nsteps:\n" + STEP.encode(), "found unhashable key"),
+    "recursive alias in params": (
+        b"steps: &s\n  - name: a\n    command: '!true'\n    params: {x: *s}\n",
+        "a value contains itself",
+    ),
+    "recursive alias in vars": (b"vars: &v {x: *v}\nsteps:\n" + STEP.encode(), "a value contains itself"),
     "not utf-8": (b"steps:\n  - name: \xff\n", "not UTF-8"),
     "typo": (b"steps:\n" + STEP.encode() + b"    timout: 3\n", "(did you mean 'timeout'?)"),
 }

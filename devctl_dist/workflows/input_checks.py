@@ -29,21 +29,28 @@ def check_nodes(root: yaml.Node, source: str) -> None:
     """Refuse documents that expand to too many nodes (aliases count each time they are used),
     and strings no process can receive: a NUL byte or a lone surrogate (from YAML escapes).
 
-    Sizes are memoized per node, so a bomb is measured without being expanded.
+    Sizes are memoized per node, so a bomb is measured without being expanded. An
+    alias back to an enclosing node (a recursive document) counts once, as the
+    composer made it: walking into it again never ended (``a: &x [{*x}]``).
     """
     sizes: dict[int, int] = {}
+    enclosing: set[int] = set()  # the nodes whose children are being measured
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
-        if id(node) in sizes:
+        if id(node) in sizes or (not children_done and id(node) in enclosing):
             continue
         children = _children(node)
         if not children_done:
             if isinstance(node, yaml.ScalarNode):
                 _check_scalar(node, source)
+            enclosing.add(id(node))
             stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in sizes)
+            stack.extend(
+                (child, False) for child in children if id(child) not in sizes and id(child) not in enclosing
+            )
             continue
+        enclosing.discard(id(node))
         total = 1 + sum(sizes.get(id(child), 1) for child in children)
         if total > MAX_NODES:
             line = node.start_mark.line + 1

@@ -78,6 +78,9 @@ def _validated(found: bool, data: Any, text: str, source: str) -> WorkflowSchema
         workflow = WorkflowSchema.model_validate(data)
     except ValidationError as error:
         raise _first_error(error, _root(text, source), data, source) from None
+    except RecursionError:  # a recursive alias (``vars: &v {x: *v}``): the JSON checks never end
+        message = "invalid YAML: a value contains itself (a recursive alias)"
+        raise WorkflowLoadError(message, source) from None
     return normalize(workflow)
 
 

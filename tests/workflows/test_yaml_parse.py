@@ -55,6 +55,7 @@ SHAPES = [
     "a: !!set {x, y}\n",
     "a: *nowhere\n",  # undefined alias
     "a: &r [*r]\n",  # recursive alias
+    "a: &r [1, { *r}]\n",  # a recursive alias as a key (the size check once walked it forever)
     "a: &d 1\nb: &d 2\nc: *d\n",  # duplicate anchor
     "--- a\n--- b\n",  # two documents
     "[a, b]: c\n",  # a complex key
