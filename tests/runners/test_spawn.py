@@ -4,8 +4,9 @@ spawn is still in flight is stopped by a cancel or ``kill_all`` like any running
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,47 +117,43 @@ def test_kill_all_during_a_spawn_kills_the_step_it_was_starting() -> None:
     assert asyncio.run(scenario()) == [-9] * 10
 
 
-def _child_runs_a_step(queue: multiprocessing.Queue[object]) -> None:
-    async def one() -> object:
-        return (await LocalRunner().run(StepSpec(run_id="forked", name="s", command="echo forked"))).stdout
+# The fork tests run in a fresh interpreter: forking the pytest process after other tests left
+# threads behind (Celery apps, Redis clients) can deadlock the child in their after-fork hooks.
+_FORK_SCRIPT = """
+import asyncio, os, sys
+from devctl_dist.runners.base import StepSpec
+from devctl_dist.runners.local import LocalRunner
+from devctl_dist.runners.proctree import new_token
 
-    queue.put(asyncio.run(one()))
+async def step(command):
+    return (await LocalRunner().run(StepSpec(run_id="forked", name="s", command=command))).stdout
+
+assert asyncio.run(step("true")) == ""  # the spawning threads are running in the parent now
+parent = {new_token() for _ in range(10_000)}
+assert len(parent) == 10_000
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    line = asyncio.run(step("echo forked")).strip() + " " + new_token() + "\\n"
+    os.write(write, line.encode())
+    os._exit(0)
+os.close(write)
+with os.fdopen(read) as pipe:
+    output, token = pipe.read().split()
+_, status = os.waitpid(pid, 0)
+print(output, token[:16] != next(iter(parent))[:16], os.waitstatus_to_exitcode(status))
+"""
 
 
-def test_a_forked_child_spawns_with_its_own_threads() -> None:
-    """Celery's prefork pool forks after the parent may have spawned: the child starts its own threads."""
+def test_a_forked_child_spawns_with_its_own_threads_and_draws_its_own_tokens() -> None:
+    """Celery's prefork pool forks after the parent may have spawned: the child starts its own threads.
 
-    async def warm() -> None:
-        await LocalRunner().run(StepSpec(run_id="warm", name="s", command="true"))
-
-    asyncio.run(warm())
-    context = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[object] = context.Queue()
-    child = context.Process(target=_child_runs_a_step, args=(queue,))
-    child.start()
-    assert queue.get(timeout=20) == "forked\n"
-    child.join(10)
-    assert child.exitcode == 0
-
-
-def _child_token(queue: multiprocessing.Queue[object]) -> None:
-    from devctl_dist.runners.proctree import new_token
-
-    queue.put(new_token())
-
-
-def test_step_tokens_are_unique_and_a_forked_child_draws_its_own() -> None:
-    from devctl_dist.runners.proctree import new_token
-
-    tokens = {new_token() for _ in range(10_000)}
-    assert len(tokens) == 10_000
-    context = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[object] = context.Queue()
-    child = context.Process(target=_child_token, args=(queue,))
-    child.start()
-    token = queue.get(timeout=20)
-    child.join(10)
-    assert isinstance(token, str) and token[:16] != next(iter(tokens))[:16]
+    Step tokens are unique, and a forked child draws its own random prefix.
+    """
+    proc = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["forked", "True", "0"]
 
 
 def test_each_step_sees_the_environment_of_its_start_and_its_own_marker(
