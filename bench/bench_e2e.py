@@ -183,15 +183,29 @@ def dist_rows(tmp: Path, sizes: Sequence[int], queue: str, env: dict[str, str]) 
     rows = []
     for steps in sizes:
         flow = block_file(tmp / f"dist{steps}.yaml", steps, 8)
+        devctl = [*devctl_cmd(), "run", str(flow), "--distributed", "--output", "plain"]
+        plain = [PY, str(BENCH / "plain_celery.py"), str(steps)]
         rows.append(
             Row(
                 f"run {steps:,} true --distributed",
-                [*devctl_cmd(), "run", str(flow), "--distributed", "--output", "plain"],
-                [PY, str(BENCH / "plain_celery.py"), str(steps), f"{queue}-plain"],
+                devctl,
+                [*plain, f"{queue}-plain"],
                 "plain Celery group",
                 "1.0x",
                 ["run", str(flow), "--distributed", "--output", "plain"],
                 env=env,
+                warmup=True,
+            )
+        )
+        # The floor: the same plain app with the settings devctl must keep (events, late ack, prefetch 1).
+        rows.append(
+            Row(
+                "  same, vs plain with devctl's settings",
+                devctl,
+                [*plain, f"{queue}-like"],
+                "plain, events+ack late",
+                "",
+                env={**env, "PLAIN_CELERY_LIKE_DEVCTL": "1"},
                 warmup=True,
             )
         )

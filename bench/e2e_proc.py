@@ -60,9 +60,10 @@ def _drain(fd: int) -> None:
 
 @contextmanager
 def workers(concurrency: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
-    """One ``devctl worker`` and one plain Celery worker, each ``concurrency`` processes, own queues.
+    """One ``devctl worker`` and two plain Celery workers, each ``concurrency`` processes, own queues.
 
-    Yields the devctl queue (the plain one is ``QUEUE-plain``) and the environment
+    Yields the devctl queue (the plain ones are ``QUEUE-plain`` and, with devctl's required
+    settings, ``QUEUE-like``) and the environment
     that points ``devctl`` and plain_celery.py at the bench Redis.
     """
     url = os.environ.get("DEVCTL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
@@ -73,42 +74,34 @@ def workers(concurrency: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
         [str(Path(sys.executable).parent / "devctl"), "worker", "-c", str(concurrency), "-l", "warning"],
         env=env,
     )
-    plain = subprocess.Popen(
-        [
-            celery,
-            "-A",
-            "plain_celery",
-            "worker",
-            "-c",
-            str(concurrency),
-            "-Q",
-            f"{queue}-plain",
-            "-l",
-            "warning",
-            "-n",
-            f"plain-{queue}@%h",
-        ],
-        env=env,
-        cwd=BENCH,
-    )
+    plain = _plain_worker(celery, concurrency, f"{queue}-plain", env)
+    like = _plain_worker(celery, concurrency, f"{queue}-like", {**env, "PLAIN_CELERY_LIKE_DEVCTL": "1"})
     try:
-        _wait_ready(env, [devctl, plain])
+        _wait_ready(env, [devctl, plain, like])
         yield queue, {k: env[k] for k in ("DEVCTL_BROKER_URL", "DEVCTL_DEFAULT_QUEUE", "PLAIN_CELERY_URL")}
     finally:
-        for proc in (devctl, plain):
+        for proc in (devctl, plain, like):
             proc.send_signal(signal.SIGTERM)  # warm shutdown of the main process only
-        for proc in (devctl, plain):
+        for proc in (devctl, plain, like):
             proc.wait(60)
 
 
+def _plain_worker(celery: str, concurrency: int, queue: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A plain Celery worker (bench/plain_celery.py) named after its queue."""
+    command = [celery, "-A", "plain_celery", "worker", "-c", str(concurrency), "-Q", queue]
+    command += ["-l", "warning", "-n", f"{queue}@%h"]
+    return subprocess.Popen(command, env=env, cwd=BENCH)
+
+
 def _wait_ready(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> None:
-    """Until both workers answer a ping (a short warm-up run follows in the first timed repeat)."""
+    """Until every worker answers a ping (a short warm-up run follows in the first timed repeat)."""
     sys.path.insert(0, str(BENCH))
     os.environ["PLAIN_CELERY_URL"] = env["PLAIN_CELERY_URL"]
     from plain_celery import app
 
     deadline = time.monotonic() + 60
-    names = {f"devctl-{procs[0].pid}", f"plain-{env['DEVCTL_DEFAULT_QUEUE']}"}
+    queue = env["DEVCTL_DEFAULT_QUEUE"]
+    names = {f"devctl-{procs[0].pid}", f"{queue}-plain", f"{queue}-like"}
     while time.monotonic() < deadline:
         if any(proc.poll() is not None for proc in procs):
             raise RuntimeError("a bench worker exited at start")
