@@ -98,6 +98,10 @@ REGRESSIONS = {
         "a value contains itself",
     ),
     "recursive alias in vars": (b"vars: &v {x: *v}\nsteps:\n" + STEP.encode(), "a value contains itself"),
+    "impossible date": (
+        b"steps:\n" + STEP.encode() + b"    params: {d: 2001-02-30}\n",
+        "w.yaml:4: invalid YAML",
+    ),
     "not utf-8": (b"steps:\n  - name: \xff\n", "not UTF-8"),
     "typo": (b"steps:\n" + STEP.encode() + b"    timout: 3\n", "(did you mean 'timeout'?)"),
 }

@@ -324,6 +324,7 @@ def _parse_fast(text: str) -> tuple[yaml.Node | None, Any]:
 
 def _parse_pure(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     loader: _StrictSafeLoader | None = None
+    root: yaml.Node | None = None
     try:
         loader = _StrictSafeLoader(text)  # the reader checks every character here
         root = loader.get_single_node()
@@ -348,10 +349,31 @@ def _parse_pure(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         raise WorkflowLoadError(f"invalid YAML: {one_line(str(error))}", source) from None
     except RecursionError:
         raise WorkflowLoadError("invalid YAML: nested too deeply", source) from None
+    except ValueError as error:  # the constructor's own check of a date: 2001-02-30, month 13
+        message = f"invalid YAML: not a real date or time ({one_line(str(error))})"
+        raise WorkflowLoadError(message, source, _bad_timestamp_line(root)) from None
     finally:
         if loader is not None:
             loader.dispose()
     return root, data
+
+
+def _bad_timestamp_line(root: yaml.Node | None) -> int | None:
+    """Line of the first date the constructor refuses (dates are the only scalars it can refuse so)."""
+    constructor = SafeConstructor()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:timestamp":
+            try:
+                constructor.construct_yaml_timestamp(node)
+            except ValueError:
+                return int(node.start_mark.line) + 1
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in reversed(node.value) for item in reversed(pair))
+    return None
 
 
 def _yaml_error(error: yaml.MarkedYAMLError, source: str) -> WorkflowLoadError:

@@ -69,6 +69,7 @@ SHAPES = [
         for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
     ),  # an alias bomb
     "a: [1, 2\n",  # a syntax error
+    "a: 1\nb: 2001-02-30\n",  # a date that does not exist
     "a: b: c\n",
     "x:\n\t- a\n",  # a tab: only the pure-Python loader judges it
 ]
