@@ -216,6 +216,7 @@ def run_workflow(state: CliState, options: RunOptions) -> int:
     code = run_exit_code(result)
     if code == EXIT_FAILED and options.distributed:
         raise_if_broker_lost(options.broker, result)
+    state.quick_exit = True  # every listener is closed, every step reaped: teardown would only free memory
     return code
 
 

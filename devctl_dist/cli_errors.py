@@ -148,12 +148,23 @@ def exit_now(code: int) -> None:
     100,000-step dry run, for nothing. What exit would do that matters still
     happens: the atexit handlers (logging's flush among them) and flushed streams.
     Returns, for a normal exit, if another thread is alive or a profiler or tracer
-    (pyinstrument, cProfile, coverage) still has a report to write.
+    (pyinstrument, cProfile, coverage) still has a report to write. Idle daemon
+    threads that hold nothing (``IDLE_AT_EXIT``: the step-spawning threads, which
+    wait for work once every step has ended) do not count.
     """
-    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
+    busy = [thread for thread in threading.enumerate() if not _idle_at_exit(thread)]
+    if len(busy) > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         return
     atexit._run_exitfuncs()
     flush_stdout()
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
     os._exit(code)
+
+
+# Name prefix of daemon threads that hold no state once a command is over (runners/spawn.py).
+IDLE_AT_EXIT = "devctl-spawn-"
+
+
+def _idle_at_exit(thread: threading.Thread) -> bool:
+    return thread.daemon and thread.name.startswith(IDLE_AT_EXIT)

@@ -210,6 +210,7 @@ class _Pool:
     def __init__(self, size: int) -> None:
         self.jobs: queue.SimpleQueue[SpawnJob] = queue.SimpleQueue()
         for index in range(size):
+            # cli_errors.IDLE_AT_EXIT: the quick exit after a run may drop these threads (idle by then)
             threading.Thread(target=self._work, name=f"devctl-spawn-{index}", daemon=True).start()
 
     def put(self, job: SpawnJob) -> None:
