@@ -1,8 +1,9 @@
 """Static checks of a workflow's templates, for ``devctl validate`` as a CI gate.
 
 A run fails a step on an undefined template variable, a template syntax error,
-or a ``results['x']`` that names no step or (in graph mode) a step that is not an
-ancestor. Those are all visible in the file, so validation finds them before
+or a ``results['x']`` that names no step or a step that has not surely finished
+(in graph mode, one that is not an ancestor; in a sequence, one that does not run
+before). Those are all visible in the file, so validation finds them before
 anything runs: each template is parsed with the same Jinja2 sandbox the run uses
 and its names are checked against what the run will provide.
 
@@ -43,7 +44,8 @@ class Scope:
 
     variables: frozenset[str]
     steps: frozenset[str]
-    readable: frozenset[str] | None  # None: any step (sequences); else ancestors (graph mode)
+    readable: frozenset[str] | None  # None: any step (hooks); else what has surely finished
+    graph: bool = True  # graph mode: readable = ancestors; a sequence: the steps before it
 
 
 def lint_workflow(workflow: WorkflowSchema, variables: Collection[str] = ()) -> list[Problem]:
@@ -65,7 +67,7 @@ def lint_workflow(workflow: WorkflowSchema, variables: Collection[str] = ()) -> 
     for value in workflow.env.values():
         problems += check_template(sandbox, value, WORKFLOW_ENV, env_scope)
     for step, readable in _step_scopes(workflow):
-        scope = Scope(known, names, readable)
+        scope = Scope(known, names, readable, workflow.is_dag)
         problems += check_step(sandbox, step, scope)
     return problems
 
@@ -85,10 +87,33 @@ def _templated(workflow: WorkflowSchema) -> bool:
 
 
 def _step_scopes(workflow: WorkflowSchema) -> Iterator[tuple[WorkflowStepSchema, frozenset[str] | None]]:
-    """Each step with the results it may read, as the scheduler decides them (parallel.Ancestry)."""
-    yield from _scoped(workflow.steps, frozenset() if workflow.is_dag else None)
+    """Each step with the results it may read, as the scheduler decides them (parallel.Ancestry).
+
+    In a sequence, a step reads the steps before it: a later step has no result
+    yet when it starts, and a sibling in the same block runs alongside it.
+    """
+    if workflow.is_dag:
+        yield from _scoped(workflow.steps, frozenset())
+    else:
+        yield from _in_order(workflow.steps)
     for hooks in (workflow.on_success, workflow.on_failure):
         yield from _scoped(hooks, None)
+
+
+def _in_order(
+    steps: Sequence[WorkflowStepSchema],
+) -> Iterator[tuple[WorkflowStepSchema, frozenset[str] | None]]:
+    finished: frozenset[str] = frozenset()
+    for step in steps:
+        yield step, finished
+        if step.parallel is not None:
+            yield from _scoped(step.parallel.steps, finished)
+        finished = finished | _all_names(step)
+
+
+def _all_names(step: WorkflowStepSchema) -> frozenset[str]:
+    inner = step.parallel.steps if step.parallel is not None else []
+    return frozenset({step.display_name}).union(*(_all_names(child) for child in inner))
 
 
 def _scoped(

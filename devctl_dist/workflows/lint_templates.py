@@ -124,7 +124,8 @@ def _check_result(target: str, step: str, scope: Scope) -> Problem | None:
     if step == WORKFLOW_ENV:
         return Problem(step, f"results['{target}'] is not available (no step has run yet)")
     if scope.readable is not None and target not in scope.readable:
-        return Problem(step, f"results['{target}'] is not available (not a dependency of '{step}')")
+        why = f"not a dependency of '{step}'" if scope.graph else f"'{target}' does not run before '{step}'"
+        return Problem(step, f"results['{target}'] is not available ({why})")
     return None
 
 

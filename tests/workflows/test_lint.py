@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ import yaml
 
 from devctl_dist.workflows.lint import WORKFLOW_ENV, lint_workflow
 from devctl_dist.workflows.loader import load_workflow_text
+
+DEVCTL = [str(Path(sys.executable).with_name("devctl"))]
 
 
 def problems(data: dict[str, Any], variables: tuple[str, ...] = ()) -> list[str]:
@@ -126,6 +129,39 @@ def test_a_block_inside_a_graph_sees_its_own_ancestors_and_its_inner_dependencie
         "step 'i3': results['i1'] is not available (not a dependency of 'i3')",
         "step 'i3': results['other'] is not available (not a dependency of 'i3')",
     ]
+
+
+def test_a_sequence_step_reads_only_the_steps_before_it() -> None:
+    """A later step has no result yet, and a sibling in the same block runs alongside: the run would fail."""
+    inner = [
+        step("c", "!echo {{ results['a'] }} {{ results['d'] }}"),
+        step("d", "!true"),
+        step("e", "!echo {{ results['d'] }}", depends_on=["d"]),
+    ]
+    data = {
+        "steps": [
+            step("a", "!echo {{ results['b'].stdout }}"),
+            step("b", "!echo {{ results['a'].stdout }}"),
+            {"name": "block", "parallel": {"steps": inner}},
+            step("f", "!echo {{ results['c'] }} {{ results['block'] }} {{ results['e'] }}"),
+        ]
+    }
+    assert problems(data) == [
+        "step 'a': results['b'] is not available ('b' does not run before 'a')",
+        "step 'c': results['d'] is not available ('d' does not run before 'c')",
+    ]
+
+
+def test_reading_a_later_step_fails_the_run_as_validate_says(tmp_path: Path) -> None:
+    data = {"steps": [step("a", "!echo {{ results['b'].stdout }}"), step("b", "!echo hi")]}
+    path = tmp_path / "later.yaml"
+    path.write_text(yaml.safe_dump(data))
+    checked = subprocess.run([*DEVCTL, "validate", str(path)], capture_output=True, text=True)
+    ran = subprocess.run([*DEVCTL, "run", str(path), "--output", "plain"], capture_output=True, text=True)
+    assert checked.returncode == 2
+    assert "results['b'] is not available ('b' does not run before 'a')" in checked.stderr
+    assert ran.returncode == 1
+    assert "FAIL a" in ran.stdout and "results['b'] is not available" in ran.stdout
 
 
 def test_sequences_and_hooks_may_read_any_step() -> None:
