@@ -40,7 +40,9 @@ def test_redact_url_handles_failover_lists_and_odd_inputs() -> None:
     assert redact_url("redis://:pw@h/0?x=a@b") == "redis://:***@b"  # ambiguous: hide more, never less
     assert redact_url("not a url") == "not a url"
     assert redact_url("user:secret@host") == "<unparsable url>"
-    assert redact_url("amqp://guest:guest@rabbit//?token=t0k#frag") == "amqp://guest:***@rabbit//?token=***#frag"
+    assert (
+        redact_url("amqp://guest:guest@rabbit//?token=t0k#frag") == "amqp://guest:***@rabbit//?token=***#frag"
+    )
 
 
 def test_defaults() -> None:
@@ -98,7 +100,9 @@ def test_a_broker_that_is_not_redis_is_one_line_exit_2(url: str) -> None:
     examples = Path(__file__).resolve().parents[1] / "examples" / "dag.yaml"
     proc = subprocess.run(
         [devctl, "run", str(examples), "--distributed", "--broker", url],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
