@@ -76,6 +76,14 @@ REGRESSIONS = {
         "finite",
     ),
     "rate_limit inf": (b"parallel: {rate_limit: .inf}\nsteps:\n" + STEP.encode(), "finite"),
+    "retries true": (
+        b"steps:\n" + STEP.encode() + b"    retries: true\n",
+        "retries: expected a number, not true",
+    ),
+    "max_concurrent yes": (
+        b"parallel: {max_concurrent: yes}\nsteps:\n" + STEP.encode(),
+        "max_concurrent: expected a number, not true",
+    ),
     "params set": (b"steps:\n" + STEP.encode() + b"    params: !!set {a, b}\n", "params must be a mapping"),
     "nested params set": (
         b"steps:\n" + STEP.encode() + b"    params: {x: !!set {a}}\n",

@@ -44,8 +44,17 @@ def _printable_name(value: str | None) -> str | None:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    """YAML reads ``true``/``yes`` as a boolean and pydantic would count it as 1: a number is never a yes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not {str(value).lower()}")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_printable_name)]
-Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Seconds = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
 # An environment (values stringified, names checked) and a mapping JSON can carry to a worker.
 EnvMap = Annotated[
     dict[str, str], BeforeValidator(lambda v: _stringify_env(v)), AfterValidator(lambda v: check_env(v))
@@ -71,8 +80,8 @@ class StrictModel(BaseModel):
 class ParallelConfigSchema(StrictModel):
     """Run-wide limits: they hold across every block and the whole DAG."""
 
-    max_concurrent: int = Field(default=10, ge=1, le=MAX_CONCURRENT)
-    rate_limit: float | None = Field(default=None, gt=0, le=MAX_RATE_LIMIT, allow_inf_nan=False)
+    max_concurrent: Count = Field(default=10, ge=1, le=MAX_CONCURRENT)
+    rate_limit: Number | None = Field(default=None, gt=0, le=MAX_RATE_LIMIT, allow_inf_nan=False)
     fail_fast: bool = True
 
 
@@ -83,7 +92,7 @@ class ParallelBlockSchema(StrictModel):
     steps: list[WorkflowStepSchema] = Field(min_length=1)
     on_failure: BlockFailureMode = "fail_all"
     timeout: Seconds | None = None
-    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+    max_concurrent: Count | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
 
 
 class WorkflowStepSchema(StrictModel):
@@ -95,8 +104,8 @@ class WorkflowStepSchema(StrictModel):
     params: JsonMap = Field(default_factory=_no_items)
     condition: str | None = None
     timeout: Seconds | None = None
-    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
-    retry_delay: float = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
+    retries: Count = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_delay: Number = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
     on_failure: StepFailureMode = "fail"
     env: EnvMap = Field(default_factory=_no_items)
     queue: Name | None = None

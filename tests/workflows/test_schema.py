@@ -81,6 +81,8 @@ def test_unknown_keys_are_rejected(model: type[Any], data: dict[str, Any], loc: 
         ({"rate_limit": 0}, ("rate_limit",), "greater_than"),
         ({"rate_limit": -1.5}, ("rate_limit",), "greater_than"),
         ({"fail_fast": "maybe"}, ("fail_fast",), "bool_parsing"),
+        ({"max_concurrent": True}, ("max_concurrent",), "value_error"),
+        ({"rate_limit": True}, ("rate_limit",), "value_error"),
     ],
 )
 def test_bad_parallel_config_values(data: dict[str, Any], loc: tuple[Any, ...], kind: str) -> None:
@@ -97,6 +99,9 @@ def test_bad_parallel_config_values(data: dict[str, Any], loc: tuple[Any, ...], 
         ({"retry_delay": -1}, ("retry_delay",), "greater_than_equal"),
         ({"depends_on": [1]}, ("depends_on", 0), "string_type"),
         ({"params": "x=1"}, ("params",), "dict_type"),
+        ({"retries": True}, ("retries",), "value_error"),
+        ({"timeout": True}, ("timeout",), "value_error"),
+        ({"retry_delay": False}, ("retry_delay",), "value_error"),
     ],
 )
 def test_bad_step_values(data: dict[str, Any], loc: tuple[Any, ...], kind: str) -> None:
@@ -109,11 +114,18 @@ def test_bad_step_values(data: dict[str, Any], loc: tuple[Any, ...], kind: str) 
         ({"on_failure": "fail"}, ("on_failure",), "literal_error"),
         ({"timeout": -5}, ("timeout",), "greater_than"),
         ({"max_concurrent": 0}, ("max_concurrent",), "greater_than_equal"),
+        ({"max_concurrent": True}, ("max_concurrent",), "value_error"),
         ({"steps": []}, ("steps",), "too_short"),
     ],
 )
 def test_bad_block_values(data: dict[str, Any], loc: tuple[Any, ...], kind: str) -> None:
     assert errors_of(ParallelBlockSchema, {"steps": [STEP], **data}) == [(loc, kind)]
+
+
+def test_numbers_written_as_text_still_count() -> None:
+    """Old workflows quote numbers (``timeout: "30"``); only booleans are refused as numbers."""
+    step = WorkflowStepSchema.model_validate({**STEP, "retries": "2", "timeout": "1.5", "retry_delay": 0})
+    assert (step.retries, step.timeout, step.retry_delay) == (2, 1.5, 0.0)
 
 
 def test_workflow_needs_steps() -> None:
