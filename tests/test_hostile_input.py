@@ -76,6 +76,10 @@ REGRESSIONS = {
         "finite",
     ),
     "rate_limit inf": (b"parallel: {rate_limit: .inf}\nsteps:\n" + STEP.encode(), "finite"),
+    "shell command with nothing after !": (
+        b"steps:\n  - {name: a, command: '!  '}\n",
+        "step 'a': 'command' is empty (nothing after '!')",
+    ),
     "retries true": (
         b"steps:\n" + STEP.encode() + b"    retries: true\n",
         "retries: expected a number, not true",

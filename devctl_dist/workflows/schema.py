@@ -52,9 +52,7 @@ def _not_bool(value: Any) -> Any:
 
 
 Name = Annotated[str, AfterValidator(_printable_name)]
-Count = Annotated[int, BeforeValidator(_not_bool)]
-Number = Annotated[float, BeforeValidator(_not_bool)]
-Seconds = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
 # An environment (values stringified, names checked) and a mapping JSON can carry to a worker.
 EnvMap = Annotated[
     dict[str, str], BeforeValidator(lambda v: _stringify_env(v)), AfterValidator(lambda v: check_env(v))
@@ -80,9 +78,11 @@ class StrictModel(BaseModel):
 class ParallelConfigSchema(StrictModel):
     """Run-wide limits: they hold across every block and the whole DAG."""
 
-    max_concurrent: Count = Field(default=10, ge=1, le=MAX_CONCURRENT)
-    rate_limit: Number | None = Field(default=None, gt=0, le=MAX_RATE_LIMIT, allow_inf_nan=False)
+    max_concurrent: int = Field(default=10, ge=1, le=MAX_CONCURRENT)
+    rate_limit: float | None = Field(default=None, gt=0, le=MAX_RATE_LIMIT, allow_inf_nan=False)
     fail_fast: bool = True
+
+    _numbers = field_validator("max_concurrent", "rate_limit", mode="before")(_not_bool)
 
 
 class ParallelBlockSchema(StrictModel):
@@ -92,7 +92,9 @@ class ParallelBlockSchema(StrictModel):
     steps: list[WorkflowStepSchema] = Field(min_length=1)
     on_failure: BlockFailureMode = "fail_all"
     timeout: Seconds | None = None
-    max_concurrent: Count | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+
+    _numbers = field_validator("timeout", "max_concurrent", mode="before")(_not_bool)
 
 
 class WorkflowStepSchema(StrictModel):
@@ -104,8 +106,8 @@ class WorkflowStepSchema(StrictModel):
     params: JsonMap = Field(default_factory=_no_items)
     condition: str | None = None
     timeout: Seconds | None = None
-    retries: Count = Field(default=0, ge=0, le=MAX_RETRIES)
-    retry_delay: Number = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_delay: float = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
     on_failure: StepFailureMode = "fail"
     env: EnvMap = Field(default_factory=_no_items)
     queue: Name | None = None
@@ -117,6 +119,8 @@ class WorkflowStepSchema(StrictModel):
     @classmethod
     def _marked_secrets(cls, data: Any) -> Any:
         return unwrap_secrets(data, ("env", "params"))
+
+    _numbers = field_validator("timeout", "retries", "retry_delay", mode="before")(_not_bool)
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -139,6 +143,8 @@ class WorkflowStepSchema(StrictModel):
             raise ValueError("a command step needs a 'name'")
         if self.command is not None and not self.command.strip():
             raise ValueError("'command' is empty")
+        if self.command is not None and self.command.strip() == "!":  # would run `sh -c ''`: a silent success
+            raise ValueError("'command' is empty (nothing after '!')")
         return self
 
     @property
